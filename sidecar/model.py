@@ -154,7 +154,7 @@ class Settings:
     chunk_size: int = 1 << 20
     start_at: str = "start"
     resubmit_limit: int = 3
-    drain_grace: float = 5.0  # seconds at stop for running actions before they are killed
+    drain_grace: float = 3.0  # seconds at stop for running actions before they are killed
     state_file: Optional[str] = None
     notify: Notify = field(default_factory=Notify)
 

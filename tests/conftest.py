@@ -19,3 +19,7 @@ def wait_until(pred: Callable[[], T], timeout: float = 10.0, interval: float = 0
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s: {pred}")
         time.sleep(interval)
+
+
+# the SMTP and webhook protocol peers as fixtures (smtp_server, webhook_server)
+pytest_plugins = ["tests.peers"]

@@ -1,0 +1,222 @@
+"""The command line. It alone prints and exits; everything else is the library.
+
+    sidecar CONFIG.toml [options]          run the watchers of a TOML config
+    sidecar --from-script JOB.sh [options] run the #WATCHER lines of a batch script
+    sidecar check CONFIG.toml | --from-script JOB.sh
+                                           validate; exit 0, or 2 with every problem
+
+Exit codes: 0 done, 1 a failure while running, 2 bad config / bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, List, Optional, Sequence
+
+from sidecar import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+COMMANDS = ("run", "check")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a TOML config (or a batch script ending in .sh)")
+    p.add_argument(
+        "--from-script",
+        "-s",
+        metavar="SCRIPT",
+        help="take the watchers from the #WATCHER lines of this batch script",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Watch a SLURM job's files from inside the job and act on what they say.",
+    )
+    p.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the watchers (the default command)")
+    _common(r)
+    r.add_argument("--events", metavar="PATH", help="event log: .jsonl or .db/.sqlite")
+    r.add_argument("--poll", action="store_true", help="use the polling backend, not inotify")
+    r.add_argument(
+        "--poll-interval", type=float, metavar="S", help="seconds between polls (default 1)"
+    )
+    r.add_argument(
+        "--pid",
+        type=int,
+        help="stop when this process ends (default: the parent process, e.g. the batch script)",
+    )
+    r.add_argument("--no-follow", action="store_true", help="do not follow any process")
+    r.add_argument(
+        "--from-end",
+        action="store_true",
+        help="read files that already exist from their end (default: from their start)",
+    )
+    r.add_argument("--nice", type=int, help="niceness to add at start (default 10; 0 = none)")
+    r.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
+    r.add_argument("--log-json", action="store_true", help="JSON diagnostics even on a TTY")
+
+    c = sub.add_parser("check", help="validate a config or a script's #WATCHER lines")
+    _common(c)
+    return p
+
+
+def _normalise(argv: List[str]) -> List[str]:
+    """``sidecar CONFIG`` and ``sidecar --from-script X`` mean ``sidecar run ...``."""
+    if not argv:
+        return argv
+    first = argv[0]
+    if first in COMMANDS or first in ("-h", "--help", "--version"):
+        return argv
+    return ["run"] + argv
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from sidecar.model import ConfigError, Problem
+
+    script = args.from_script
+    cfg_path = args.config
+    if script is None and cfg_path and cfg_path.endswith((".sh", ".bash", ".slurm", ".sbatch")):
+        script, cfg_path = cfg_path, None
+    if script and cfg_path:
+        raise ConfigError([Problem(cfg_path, "give either a config or --from-script, not both")])
+    if script:
+        from sidecar.script import load_script
+
+        return load_script(script)
+    if not cfg_path:
+        raise ConfigError(
+            [Problem("sidecar", "no config given", hint="sidecar CONFIG.toml or --from-script JOB.sh")]
+        )
+    if not os.path.exists(cfg_path):
+        raise ConfigError([Problem(cfg_path, "no such file")])
+    from sidecar.config import load_config
+
+    return load_config(cfg_path)
+
+
+def _print_problems(exc: Any) -> None:
+    n = len(exc.problems)
+    for prob in exc.problems:
+        print(f"error: {prob}", file=sys.stderr)
+    print(f"{n} problem{'s' if n != 1 else ''} found; nothing was started.", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sidecar.model import ConfigError
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    from sidecar.report import describe_config
+
+    ok, text = describe_config(cfg)
+    print(text)
+    return EXIT_OK if ok else EXIT_CONFIG
+
+
+def _lower_priority(nice: int, idle_io: bool) -> None:
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+    if idle_io:
+        try:
+            import psutil
+
+            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        except Exception:
+            pass
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sidecar import log as slog
+    from sidecar.model import ConfigError
+
+    slog.configure(args.log_level, json=True if args.log_json else None)
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    st = cfg.settings
+    changes: dict[str, Any] = {}
+    if args.poll:
+        changes["backend"] = "poll"
+    if args.poll_interval:
+        changes["poll_interval"] = args.poll_interval
+    if args.nice is not None:
+        changes["nice"] = args.nice
+    if args.from_end:
+        cfg = dataclasses.replace(
+            cfg,
+            watchers=tuple(
+                dataclasses.replace(w, source=dataclasses.replace(w.source, start_at="end"))
+                for w in cfg.watchers
+            ),
+        )
+    if changes:
+        st = dataclasses.replace(st, **changes)
+        cfg = dataclasses.replace(cfg, settings=st)
+    _lower_priority(st.nice, st.ionice_idle)
+
+    follow: Optional[int] = None
+    if not args.no_follow:
+        follow = args.pid or os.getppid()
+        if follow <= 1:
+            follow = None
+    from sidecar.engine import Engine
+
+    log = slog.get_logger("sidecar")
+    try:
+        engine = Engine(cfg, event_log=args.events, follow_pid=follow)
+        engine.start()
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    log.info(
+        "ready",
+        watchers=len(cfg.watchers),
+        files=len(engine.files),
+        backend=getattr(engine.backend, "name", "?"),
+        events=engine.event_log_path,
+    )
+    return engine.run()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_list = _normalise(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    if not args_list:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:
+        return int(e.code or 0) and EXIT_CONFIG
+    try:
+        if args.command == "check":
+            return cmd_check(args)
+        return cmd_run(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Per-watcher runtime state: state machine, limits, conditions, stale timers, timer mode.
+
+Nothing here does I/O or reads a clock: the engine passes ``now`` (monotonic seconds) in.
+A trigger turns an observation (a LineMatch, a file event, a deadline) into a ``Firing`` or
+into a ``Skip`` (with the reason) that the engine writes to the event log.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
+
+from sidecar.model import RegexTrigger, StaleTrigger, Watcher
+from sidecar.types import LineMatch, WatcherState
+
+
+@dataclass(frozen=True)
+class Firing:
+    """A trigger fired: run the watcher's actions with these variables."""
+
+    watcher: str
+    trigger: str  # regex | stale | file_event | timer | manual
+    seq: int
+    file: Optional[str] = None
+    directory: Optional[str] = None
+    line: Optional[str] = None
+    lineno: Optional[int] = None
+    event: Optional[str] = None
+    timeout: Optional[float] = None
+    captures: Mapping[str, Optional[str]] = field(default_factory=dict)
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skip:
+    watcher: str
+    reason: str  # rate_limit | max_triggers | paused | disabled | condition_error | completed
+    message: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StateChange:
+    watcher: str
+    state: WatcherState
+    previous: WatcherState
+    reason: str
+
+
+Outcome = Union[Firing, Skip, None]
+
+
+def match_variables(watcher: Watcher, m: LineMatch) -> Tuple[Dict[str, Optional[str]], Dict[str, str]]:
+    """Captures (for the record and conditions) and substitution variables from a match.
+
+    ``$0`` is the matched text, ``$1..$N`` the positional groups, then the names given by
+    ``captures`` (in order, for the positional groups) and the regex's own named groups.
+    MATCH (as in the Haskell Sidecar) is the whole line.
+    """
+    trig = watcher.trigger
+    names: Tuple[str, ...] = trig.captures if isinstance(trig, RegexTrigger) else ()
+    captures: Dict[str, Optional[str]] = {}
+    for i, g in enumerate(m.groups):
+        if i < len(names):
+            captures[names[i]] = g
+    for k, v in m.named.items():
+        captures.setdefault(k, v)
+    if not captures:
+        for i, g in enumerate(m.groups, start=1):
+            captures[str(i)] = g
+    variables: Dict[str, str] = {"0": m.text, "MATCH": m.line}
+    for i, g in enumerate(m.groups, start=1):
+        variables[str(i)] = "" if g is None else g
+    for k, v in captures.items():
+        variables[k] = "" if v is None else v
+    return captures, variables
+
+
+class WatcherRuntime:
+    """The live state of one watcher."""
+
+    def __init__(self, watcher: Watcher, condition: Any = None) -> None:
+        self.watcher = watcher
+        self.condition = condition  # compiled sidecar.conditions.Condition or None
+        self.state = WatcherState.ACTIVE
+        self.trigger_count = 0
+        self.consecutive_failures = 0
+        self.recent: Deque[float] = collections.deque()
+        self.skipped: Dict[str, int] = {}  # reason -> count not yet reported
+        self.ignored = 0  # matches seen while PAUSED / TRIGGERED / DISABLED
+        self.last_firing: Optional[Firing] = None
+        self.timer_next: Optional[float] = None
+        self.matches = 0
+
+    @property
+    def name(self) -> str:
+        return self.watcher.name
+
+    # -- state -------------------------------------------------------------------------
+    def set_state(self, new: WatcherState, reason: str) -> Optional[StateChange]:
+        if new == self.state:
+            return None
+        old, self.state = self.state, new
+        if new != WatcherState.ACTIVE:
+            self.timer_next = None
+        return StateChange(self.name, new, old, reason)
+
+    def pause(self, reason: str = "pause") -> Optional[StateChange]:
+        if self.state == WatcherState.ACTIVE:
+            return self.set_state(WatcherState.PAUSED, reason)
+        return None
+
+    def resume(self, reason: str = "resume") -> Optional[StateChange]:
+        if self.state == WatcherState.PAUSED:
+            return self.set_state(WatcherState.ACTIVE, reason)
+        return None
+
+    # -- firing ------------------------------------------------------------------------
+    def admit(self, now: float) -> Optional[Skip]:
+        """May the watcher fire now? None = yes (and the firing is counted)."""
+        if self.state != WatcherState.ACTIVE:
+            self.ignored += 1
+            return Skip(self.name, self.state.value.lower())
+        rl = self.watcher.rate_limit
+        if rl is not None:
+            while self.recent and self.recent[0] <= now - rl.per_s:
+                self.recent.popleft()
+            if len(self.recent) >= rl.count:
+                self.skipped["rate_limit"] = self.skipped.get("rate_limit", 0) + 1
+                return Skip(self.name, "rate_limit")
+            self.recent.append(now)
+        return None
+
+    def fired(self, firing: Firing, now: float) -> Optional[StateChange]:
+        """Book a firing that was admitted. Returns a state change when max_triggers is hit."""
+        self.trigger_count += 1
+        self.last_firing = firing
+        if self.watcher.timer_interval and firing.trigger != "manual":
+            self.timer_next = now + self.watcher.timer_interval
+        mt = self.watcher.max_triggers
+        if mt is not None and self.trigger_count >= mt:
+            return self.set_state(WatcherState.TRIGGERED, f"max_triggers={mt} reached")
+        return None
+
+    def condition_ok(self, captures: Mapping[str, Optional[str]]) -> Tuple[bool, Optional[str]]:
+        if self.condition is None:
+            return True, None
+        try:
+            return bool(self.condition.evaluate(captures)), None
+        except Exception as exc:  # ConditionError and anything a bad value provokes
+            return False, str(exc)
+
+    def action_done(self, ok: bool) -> Optional[StateChange]:
+        if ok:
+            self.consecutive_failures = 0
+            return None
+        self.consecutive_failures += 1
+        mf = self.watcher.max_failures
+        if mf and self.consecutive_failures >= mf:
+            return self.set_state(
+                WatcherState.DISABLED, f"{self.consecutive_failures} consecutive failed actions"
+            )
+        return None
+
+    def take_skipped(self) -> Dict[str, int]:
+        out, self.skipped = self.skipped, {}
+        return out
+
+    def rate_window_end(self) -> Optional[float]:
+        """When pending skip counts should be reported (end of the current rate window)."""
+        rl = self.watcher.rate_limit
+        if rl is None or not self.skipped or not self.recent:
+            return None
+        return self.recent[0] + rl.per_s
+
+
+@dataclass
+class StaleTracker:
+    """One (stale watcher, file) pair. ``last_write`` is monotonic time of the last write."""
+
+    watcher: str
+    path: str
+    timeout: float
+    last_write: float
+    fired: bool = False
+
+    def deadline(self) -> Optional[float]:
+        return None if self.fired else self.last_write + self.timeout
+
+    def wrote(self, now: float) -> None:
+        self.last_write = now
+        self.fired = False
+
+    def due(self, now: float) -> bool:
+        d = self.deadline()
+        return d is not None and now >= d
+
+
+def stale_timeout(w: Watcher) -> Optional[float]:
+    return w.trigger.timeout if isinstance(w.trigger, StaleTrigger) else None
+
+
+def next_deadline(candidates: List[Optional[float]]) -> Optional[float]:
+    vals = [c for c in candidates if c is not None]
+    return min(vals) if vals else None
