@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from sidecar import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
-COMMANDS = ("run", "check")
+COMMANDS = (
+    "run", "check", "status", "pause", "resume", "trigger", "reload", "attach",
+    # the cockpit (sidecar/cli_cockpit.py)
+    "events", "stats", "metrics", "report", "test-pattern", "schema", "init", "replay", "convert",
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -64,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config or a script's #WATCHER lines")
     _common(c)
+
+    s = sub.add_parser("status", help="what the sidecars writing to a directory are doing")
+    s.add_argument("dir", nargs="?", default=".", help="the event log's directory (default .)")
+    s.add_argument("--all", action="store_true", help="include stopped sidecars")
+    s.add_argument("--json", action="store_true")
+    for name, helptext in (
+        ("pause", "pause a watcher of a running sidecar"),
+        ("resume", "resume a paused (or triggered / disabled) watcher"),
+        ("trigger", "run a watcher's actions now, with its last captures"),
+    ):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("watcher")
+        q.add_argument("--dir", default=".", help="the event log's directory (default .)")
+    q = sub.add_parser("reload", help="make running sidecars reload their config")
+    q.add_argument("--dir", default=".")
+    a = sub.add_parser("attach", help="add the watchers of a TOML file to running sidecars")
+    a.add_argument("file")
+    a.add_argument("--dir", default=".")
+    try:
+        from sidecar import cli_cockpit
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cli_cockpit.register(sub)
     return p
 
 
@@ -181,6 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = slog.get_logger("sidecar")
     try:
         engine = Engine(cfg, event_log=args.events, follow_pid=follow)
+        engine.start_hooks(
+            reloader=_merged_loader(args, lambda: engine.dropin_dir),
+            watch_config=tuple(p for p in (cfg.source_file, cfg.script) if p),
+        )
         engine.start()
     except ConfigError as exc:
         _print_problems(exc)
@@ -198,6 +230,102 @@ def cmd_run(args: argparse.Namespace) -> int:
     return engine.run()
 
 
+def _dropins(directory: Optional[str]) -> List[Any]:
+    """Watchers from the TOML files in a sidecar's drop-in directory (``sidecar attach``)."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    from sidecar.config import load_config
+
+    out: List[Any] = []
+    for n in sorted(os.listdir(directory)):
+        if n.endswith(".toml") and not n.startswith("."):
+            out.extend(load_config(os.path.join(directory, n)).watchers)
+    return out
+
+
+def _merged_loader(args: argparse.Namespace, dropin_dir: Callable[[], Optional[str]]) -> Any:
+    import dataclasses
+
+    from sidecar.model import ConfigError, Problem
+
+    def load() -> Any:
+        cfg = _load(args)
+        extra = _dropins(dropin_dir())
+        if extra:
+            names = {w.name for w in cfg.watchers}
+            clash = [w for w in extra if w.name in names]
+            if clash:
+                raise ConfigError(
+                    [
+                        Problem(str(w.origin.file), f"watcher name {w.name!r} is taken", w.origin.line,
+                                w.name, "rename it")
+                        for w in clash
+                    ]
+                )
+            cfg = dataclasses.replace(cfg, watchers=tuple(cfg.watchers) + tuple(extra))
+        return cfg
+
+    return load
+
+
+def _running(directory: str) -> List[Any]:
+    from sidecar import control
+
+    return control.find(directory)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from sidecar import control
+
+    directory = getattr(args, "dir", ".")
+    found = _running(directory)
+    if not found:
+        print(f"sidecar: no running sidecar found in {directory}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.command == "attach":
+        from sidecar.config import load_config
+        from sidecar.model import ConfigError
+
+        try:
+            load_config(args.file)
+        except ConfigError as exc:
+            _print_problems(exc)
+            return EXIT_CONFIG
+        for sc in found:
+            print(f"{control.attach(sc, args.file)}")
+        return EXIT_OK
+    watcher = getattr(args, "watcher", None)
+    targets = found
+    if watcher is not None:
+        targets = [sc for sc in found if watcher in (sc.data.get("watchers") or {})]
+        if not targets:
+            print(f"sidecar: no running sidecar has a watcher named {watcher!r}", file=sys.stderr)
+            return EXIT_FAIL
+    rc = EXIT_OK
+    for sc in targets:
+        path = control.send(sc, args.command, watcher)
+        if control.wait_taken(path):
+            print(f"{args.command} {watcher or ''}: taken by sidecar pid {sc.pid}".replace("  ", " "))
+        else:
+            print(f"sidecar pid {sc.pid} has not taken the command yet ({path})", file=sys.stderr)
+            rc = EXIT_FAIL
+    return rc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from sidecar import control
+
+    rows = control.status_rows(control.find(args.dir, include_stopped=args.all))
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, default=str))
+    else:
+        print(control.format_status(rows))
+    return EXIT_OK if rows else EXIT_FAIL
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = _normalise(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -211,7 +339,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "check":
             return cmd_check(args)
-        return cmd_run(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command in ("pause", "resume", "trigger", "reload", "attach"):
+            return cmd_control(args)
+        if args.command in (None, "run"):
+            return cmd_run(args)
+        from sidecar import cli_cockpit
+
+        return int(cli_cockpit.dispatch(args))
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:

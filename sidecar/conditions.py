@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from typing import Any, Callable, FrozenSet, List, Mapping, Set, Tuple
 
 MAX_LENGTH = 500  # characters of source (as ssync)
@@ -255,7 +256,9 @@ def compile_condition(expr: str) -> Condition:
     if "\x00" in src:
         raise ValueError("condition contains a NUL character")
     try:
-        tree = ast.parse(src, mode="eval")
+        with warnings.catch_warnings():  # e.g. "invalid decimal literal": never print
+            warnings.simplefilter("ignore")
+            tree = ast.parse(src, mode="eval")
     except SyntaxError as exc:
         col = f" at column {exc.offset}" if exc.offset else ""
         raise ValueError(f"not a valid expression{col}: {exc.msg}") from None

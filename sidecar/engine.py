@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sidecar import actions as act
+from sidecar import state as stmod
 from sidecar.log import get_logger
 from sidecar.model import (
     Config,
@@ -83,6 +84,8 @@ class _FileState:
     tailer: Any = None
     matcher: Any = None
     directory: str = ""
+    saved: Optional[stmod.FileResume] = None  # what the state file says for this file
+    suppress: Tuple[int, int] = (0, 0)  # after a resume: these line numbers fired already
 
 
 @dataclass
@@ -137,20 +140,41 @@ class Engine:
         self._pid_poll_at: Optional[float] = None
         self.started = False
         self.ready = False
-        self.counts: Dict[str, int] = {"lines": 0, "bytes": 0, "matches": 0, "firings": 0}
+        self.counts: Dict[str, int] = {"bytes": 0, "matches": 0, "firings": 0}
         self._matchers: Dict[Tuple[str, ...], Any] = {}
         self._on_ready: List[Callable[[], None]] = []
+        self.reloader: Optional[Callable[[], Config]] = None  # set by the CLI: how to reload
+        self.watch_config: Tuple[str, ...] = ()  # files whose change means reload
+        self.dropin_dir: Optional[str] = None
+        self.state_path: Optional[str] = None
+        self.control_dir: Optional[str] = None
+        self._resume: Dict[str, stmod.FileResume] = {}
+        self._state_dirty_at: Optional[float] = None
+        self._last_save = 0.0
+        self._started_iso = ""
+        self._last_event: Dict[str, str] = {}
+        self._excluded: Set[str] = set()
+        self._config_paths: Set[str] = set()
+        self._dropin_abs = ""
+        self._reload_pending = False
         self._build_runtimes()
 
     # ------------------------------------------------------------------ set-up
-    def _build_runtimes(self) -> None:
+    def _build_runtimes(self, previous: Optional[Dict[str, WatcherRuntime]] = None) -> None:
         from sidecar.conditions import compile_condition
 
+        self.runtimes = {}
+        self.rules = []
+        self._matchers = {}
         for w in self.config.watchers:
-            cond = None
-            if isinstance(w.trigger, RegexTrigger) and w.trigger.condition:
-                cond = compile_condition(w.trigger.condition)
-            self.runtimes[w.name] = WatcherRuntime(w, cond)
+            old = (previous or {}).get(w.name)
+            if old is not None and old.watcher == w:
+                self.runtimes[w.name] = old
+            else:
+                cond = None
+                if isinstance(w.trigger, RegexTrigger) and w.trigger.condition:
+                    cond = compile_condition(w.trigger.condition)
+                self.runtimes[w.name] = WatcherRuntime(w, cond)
             src = w.source
             d = src.directory
             d = d if os.path.isabs(d) else os.path.join(self.cwd, d)
@@ -185,6 +209,7 @@ class Engine:
         else:
             self.event_log_path = getattr(ev, "path", None)
             self.eventlog = ev
+        self._setup_state()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.runner = Runner(
             max_concurrent=self.settings.max_concurrent,
@@ -209,6 +234,107 @@ class Engine:
             except (AttributeError, OSError):
                 self._pidfd = None
                 self._pid_poll_at = self.clock() + 2.0
+
+    # ------------------------------------------------------------------ state file
+    def _config_id(self) -> str:
+        src = self.config.source_file or self.config.script or ""
+        return os.path.abspath(src) if src else "|".join(sorted(self.runtimes))
+
+    def _setup_state(self) -> None:
+        """Find the state file; take positions and counters from a predecessor that is gone."""
+        path = self.settings.state_file or stmod.default_state_path(
+            self.event_log_path, self.cwd, self.ctx.job_id, self._config_id()
+        )
+        if not os.path.isabs(path):
+            path = os.path.join(self.cwd, path)
+        self.state_path = path
+        self.control_dir = stmod.control_dir(path)
+        if self.dropin_dir is None:
+            self.dropin_dir = path[: -len(".json")] + ".d"
+        self._excluded = {p for p in (self.event_log_path, path) if p}
+        prev = stmod.read_state(path)
+        if prev is None:
+            return
+        pid = int(prev.get("pid") or 0)
+        if pid and pid != os.getpid() and stmod.pid_alive(pid) and prev.get("host") == self.ctx.host:
+            self.log.warning("another sidecar keeps this state file; not resuming", pid=pid, state=path)
+            self.state_path = path[: -len(".json")] + f"-{os.getpid()}.json"
+            self.control_dir = stmod.control_dir(self.state_path)
+            return
+        self._resume = stmod.resume_positions(prev)
+        for name, w in (prev.get("watchers") or {}).items():
+            rt = self.runtimes.get(name)
+            if rt is None or not isinstance(w, dict):
+                continue
+            rt.trigger_count = int(w.get("triggers", 0) or 0)
+            rt.matches = int(w.get("matches", 0) or 0)
+            st = w.get("state")
+            if st in (WatcherState.PAUSED.value, WatcherState.TRIGGERED.value, WatcherState.DISABLED.value):
+                rt.state = WatcherState(st)
+        self._resumed_from = {"pid": pid, "updated": prev.get("updated"), "files": len(self._resume)}
+
+    def _is_excluded(self, path: str) -> bool:
+        if path in self._excluded:
+            return True
+        sd = os.path.dirname(self.state_path or "")
+        return bool(sd) and path.startswith(sd + os.sep)
+
+    def _mark_dirty(self) -> None:
+        if self._state_dirty_at is None:
+            self._state_dirty_at = self.clock()
+
+    def save_state(self) -> None:
+        """Write the state file now (atomically). Problems are logged, never raised."""
+        if not self.state_path:
+            return
+        from sidecar.types import utc_now_iso
+
+        files: Dict[str, Any] = {}
+        for path, st in self.files.items():
+            if st.saved is not None:
+                f = st.saved
+                files[path] = {
+                    "dev": f.dev,
+                    "inode": f.inode,
+                    "offset": f.offset,
+                    "lineno": f.lineno,
+                    "fired_through": f.fired_through,
+                }
+        data = {
+            "version": stmod.VERSION,
+            "pid": os.getpid(),
+            "host": self.ctx.host,
+            "job_id": self.ctx.job_id,
+            "started": self._started_iso,
+            "updated": utc_now_iso(),
+            "running": self._stop_reason is None,
+            "stop_reason": self._stop_reason,
+            "config": self.config.source_file or self.config.script,
+            "cwd": self.cwd,
+            "event_log": self.event_log_path,
+            "control": self.control_dir,
+            "dropin": self.dropin_dir,
+            "backend": getattr(getattr(self, "backend", None), "name", None),
+            "counts": dict(self.counts),
+            "watchers": {
+                n: {
+                    "state": rt.state.value,
+                    "trigger": rt.watcher.trigger.kind,
+                    "triggers": rt.trigger_count,
+                    "matches": rt.matches,
+                    "ignored": rt.ignored,
+                    "last_event": self._last_event.get(n),
+                }
+                for n, rt in self.runtimes.items()
+            },
+            "files": files,
+        }
+        try:
+            stmod.write_atomic(self.state_path, data)
+        except OSError as exc:
+            self.log.warning("cannot write the state file", state=self.state_path, error=str(exc))
+        self._state_dirty_at = None
+        self._last_save = self.clock()
 
     def _poll_interval(self) -> float:
         iv = [w.interval for w in self.config.watchers if w.interval]
@@ -271,11 +397,16 @@ class Engine:
                 except OSError:
                     continue
 
-    def _discover(self, path: str, existing: bool) -> Optional[_FileState]:
-        """Create the state for a file a watcher cares about (idempotent)."""
+    def _discover(
+        self, path: str, existing: bool, keep: Optional[_FileState] = None
+    ) -> Optional[_FileState]:
+        """Create the state for a file a watcher cares about (idempotent). ``keep``: the
+        state the file had before a reload (its tailer goes on where it was)."""
         st = self.files.get(path)
         if st is not None:
             return st
+        if self._is_excluded(path):
+            return None
         regex_w: List[str] = []
         stale_w: List[str] = []
         event_w: List[str] = []
@@ -294,6 +425,13 @@ class Engine:
         if not (regex_w or stale_w or event_w):
             return None
         st = _FileState(path, tuple(regex_w), tuple(stale_w), tuple(event_w), directory=directory)
+        if keep is not None and keep.tailer is not None:
+            if regex_w:
+                st.tailer, st.saved = keep.tailer, keep.saved
+                st.matcher = self._matcher_for(tuple(regex_w))
+                regex_w = []  # the tailer is taken over, not created
+            else:
+                keep.tailer.close()
         if regex_w:
             from sidecar.tailer import Tailer
 
@@ -301,15 +439,27 @@ class Engine:
             if existing:
                 starts = {self.runtimes[n].watcher.source.start_at for n in regex_w}
                 start_at = "start" if "start" in starts else "end"
+            from sidecar.tailer import TailPosition
+
+            res = self._resume.pop(path, None)
+            position = None
+            if res is not None:
+                position = TailPosition(res.dev, res.inode, res.offset, res.lineno)
+                st.suppress = (res.lineno, res.fired_through)
             st.tailer = Tailer(
                 path,
                 start_at=start_at,
                 chunk_size=self.settings.chunk_size,
                 max_line=self.settings.max_line,
+                position=position,
             )
+            if position is not None and st.tailer.position() != position:
+                st.suppress = (0, 0)  # the file is not the one saved: read it whole
             st.matcher = self._matcher_for(tuple(regex_w))
         now = self.clock()
         for n in stale_w:
+            if (n, path) in self.stale:
+                continue
             w = self.runtimes[n].watcher
             assert isinstance(w.trigger, StaleTrigger)
             last = now
@@ -353,10 +503,21 @@ class Engine:
                 "follow_pid": self.follow_pid,
             },
         )
+        from sidecar.types import utc_now_iso
+
+        self._started_iso = utc_now_iso()
+        resumed = getattr(self, "_resumed_from", None)
+        if resumed:
+            self._record("warning", reason="resumed", message="resuming where a previous sidecar "
+                         f"stopped ({resumed['files']} file position(s))", extra=resumed)
         self.started = True
         self._initial_scan()
         for path in list(self.files):
             self._read(path)
+        self._watch_control()
+        if self.reloader is not None and self.dropin_dir and _has_toml(self.dropin_dir):
+            self.reload("drop-in watchers found at start")
+        self.save_state()
         self.ready = True
         for cb in self._on_ready:
             cb()
@@ -393,7 +554,7 @@ class Engine:
             if self._signal is not None:
                 sig, self._signal = self._signal, None
                 if sig == signal.SIGHUP:
-                    self._record("warning", message="SIGHUP received: reload is not supported yet")
+                    self.reload("SIGHUP")
                 else:
                     self.request_stop(f"signal {signal.Signals(sig).name}")
             if self._pidfd is not None and self._pidfd in fds:
@@ -426,15 +587,188 @@ class Engine:
         except OSError:
             pass
 
+    # ------------------------------------------------------------------ control, reload
+    def start_hooks(
+        self, reloader: Optional[Callable[[], Config]] = None, watch_config: Tuple[str, ...] = ()
+    ) -> None:
+        """How to load the config again (SIGHUP, a changed config file, ``sidecar reload``,
+        drop-in watchers) and which files to watch for changes."""
+        self.reloader = reloader
+        self.watch_config = watch_config
+
+    def _watch_control(self) -> None:
+        """Watch the control directory (pause/resume/trigger/reload commands), the config
+        files (reload when they change) and the drop-in directory (watchers added later)."""
+        self._config_paths = {os.path.abspath(f) for f in self.watch_config}
+        self._dropin_abs = os.path.abspath(self.dropin_dir) + os.sep if self.dropin_dir else ""
+        dirs: List[str] = []
+        if self.control_dir:
+            try:
+                os.makedirs(self.control_dir, exist_ok=True)
+                dirs.append(self.control_dir)
+            except OSError as exc:
+                self.log.warning("no control directory", error=str(exc))
+        for f in self.watch_config:
+            dirs.append(os.path.dirname(os.path.abspath(f)))
+        if self.dropin_dir:
+            try:
+                os.makedirs(self.dropin_dir, exist_ok=True)
+                dirs.append(os.path.abspath(self.dropin_dir))
+            except OSError as exc:
+                self.log.warning("no drop-in directory", error=str(exc))
+        watched = {r.directory for r in self.rules}
+        for d in dict.fromkeys(dirs):
+            if d in watched:
+                continue
+            try:
+                self.backend.watch_dir(d, False)
+            except Exception as exc:
+                self.log.warning("cannot watch", directory=d, error=str(exc))
+        for name in self._list_control():
+            self._control(name)
+
+    def _list_control(self) -> List[str]:
+        if not self.control_dir:
+            return []
+        try:
+            return sorted(
+                os.path.join(self.control_dir, n)
+                for n in os.listdir(self.control_dir)
+                if n.endswith(".json")
+            )
+        except OSError:
+            return []
+
+    def _control(self, path: str) -> None:
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as fh:
+                cmd = json.load(fh)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            return  # not complete yet (commands are renamed into place) or not ours
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        if not isinstance(cmd, dict):
+            return
+        what = str(cmd.get("cmd", ""))
+        name = cmd.get("watcher")
+        self.log.info("control", cmd=what, watcher=name)
+        if what == "reload":
+            self.reload("control command")
+            return
+        rt = self.runtimes.get(str(name)) if name is not None else None
+        if rt is None:
+            self._record("warning", reason="control", message=f"{what}: no watcher named {name!r}")
+            return
+        if what == "pause":
+            ch = rt.pause("sidecar pause")
+        elif what == "resume":
+            ch = rt.resume("sidecar resume")
+            if ch is None and rt.state in (WatcherState.TRIGGERED, WatcherState.DISABLED):
+                ch = rt.set_state(WatcherState.ACTIVE, "sidecar resume")
+                rt.consecutive_failures = 0
+        elif what == "trigger":
+            if self.trigger_manually(rt.name) is None:
+                self._record(
+                    "skipped", watcher=rt.name, trigger="manual", reason=rt.state.value.lower(),
+                    message="manual trigger not run: watcher is " + rt.state.value,
+                )
+            ch = None
+        else:
+            self._record("warning", reason="control", message=f"unknown control command {what!r}")
+            return
+        if ch:
+            self._state_record(ch)
+        self.save_state()  # `sidecar status` shows the change at once
+
+    def reload(self, reason: str) -> bool:
+        """Load the config again; an invalid one is refused and the old one keeps running."""
+        from sidecar.model import ConfigError
+
+        if self.reloader is None:
+            self._record("warning", reason="reload", message="reload not possible: no config file")
+            return False
+        try:
+            cfg = self.reloader()
+            if isinstance(cfg, Config):
+                from sidecar.conditions import compile_condition
+
+                for w in cfg.watchers:
+                    if isinstance(w.trigger, RegexTrigger) and w.trigger.condition:
+                        compile_condition(w.trigger.condition)
+        except ConfigError as exc:
+            self._record(
+                "error",
+                reason="reload",
+                message="new config refused, the old one keeps running: "
+                + "; ".join(str(p) for p in exc.problems),
+            )
+            return False
+        except Exception as exc:
+            self._record("error", reason="reload", message=f"new config refused: {exc!r}")
+            return False
+        self.apply_config(cfg, reason)
+        return True
+
+    def apply_config(self, cfg: Config, reason: str) -> None:
+        """Swap in new watchers. Unchanged watchers keep their state and counters; files
+        already followed go on from where they are (a watcher added now sees new lines of
+        them); files that only the new watchers care about are read per their start_at."""
+        import dataclasses
+
+        before = set(self.runtimes)
+        self.config = dataclasses.replace(cfg, settings=self.settings)
+        self._build_runtimes(self.runtimes)
+        after = set(self.runtimes)
+        for key in [k for k in self.stale if k[0] not in after]:
+            del self.stale[key]
+        watched: Dict[str, bool] = {}
+        for r in self.rules:
+            watched[r.directory] = watched.get(r.directory, False) or r.recursive
+        for d, rec in watched.items():
+            if os.path.isdir(d):
+                try:
+                    self.backend.watch_dir(d, rec)
+                except Exception as exc:
+                    self._record("warning", message=f"cannot watch {d}: {exc}")
+        old_files, self.files = self.files, {}
+        for path, st in old_files.items():
+            self._discover(path, existing=True, keep=st)
+        self._initial_scan()
+        for path in list(self.files):
+            self._read(path)
+        self._record(
+            "reload",
+            reason=reason,
+            message=f"config reloaded: {len(after)} watcher(s)",
+            extra={"added": sorted(after - before), "removed": sorted(before - after)},
+        )
+        self._mark_dirty()
+
     # ------------------------------------------------------------------ events
     def handle_events(self, events: Sequence[FileEvent]) -> None:
         now = self.clock()
+        self._reload_pending = False
         for ev in events:
             if ev.kind == FileEventKind.OVERFLOW:
                 self._record("warning", message="event queue overflow: rescanning all files")
                 self.rescan()
                 continue
             path = ev.path
+            if self.control_dir and path.startswith(self.control_dir + os.sep):
+                if ev.kind in (FileEventKind.CREATE, FileEventKind.CLOSE, FileEventKind.MODIFY):
+                    self._control(path)
+                continue
+            if ev.kind != FileEventKind.ATTRIBUTE and (
+                path in self._config_paths
+                or (self.dropin_dir and path.startswith(self._dropin_abs) and path.endswith(".toml"))
+            ):
+                self._reload_pending = True
             st = self.files.get(path)
             if st is None and not ev.is_dir and ev.kind in (
                 FileEventKind.CREATE,
@@ -462,6 +796,9 @@ class Engine:
                 for n in st.stale_watchers:
                     self.stale.pop((n, path), None)
             self._fire_file_event(st.event_watchers, ev, st.directory)
+        if self._reload_pending:
+            self._reload_pending = False
+            self.reload("config file changed")
 
     def _file_event_only(self, ev: FileEvent) -> None:
         names = [
@@ -509,8 +846,13 @@ class Engine:
             self._pending_reads.add(path)
         else:
             self._pending_reads.discard(path)
+        if not chunks:
+            return
         for ch in chunks:
             self._scan(st, ch)
+        pos = st.tailer.position()
+        st.saved = stmod.FileResume(pos.dev, pos.inode, pos.offset, pos.lineno, 0)
+        self._mark_dirty()
 
     def _continue_reads(self) -> None:
         for path in list(self._pending_reads):
@@ -518,6 +860,8 @@ class Engine:
 
     def _scan(self, st: _FileState, chunk: Chunk) -> None:
         self.counts["bytes"] += len(chunk.data)
+        pos = st.tailer.position()
+        st.saved = stmod.FileResume(pos.dev, pos.inode, chunk.offset, chunk.lineno, 0)
         try:
             hits = st.matcher.scan(chunk)
         except Exception as exc:
@@ -525,7 +869,12 @@ class Engine:
             return
         for name, m in hits:
             self.counts["matches"] += 1
+            lo, hi = st.suppress
+            if lo <= m.lineno <= hi:
+                continue  # acted on before a restart
             self._on_match(name, m, st)
+        if st.suppress[1] and chunk.lineno > st.suppress[1]:
+            st.suppress = (0, 0)
 
     def _on_match(self, name: str, m: LineMatch, st: _FileState) -> None:
         rt = self.runtimes[name]
@@ -588,6 +937,16 @@ class Engine:
             extra={"timeout": firing.timeout} if firing.timeout is not None else None,
         )
         change = rt.fired(firing, now)
+        self._last_event[name] = firing_ts = Record(kind="match").ts
+        del firing_ts
+        if trigger == "regex" and firing.file is not None:
+            st = self.files.get(firing.file)
+            if st is not None and st.saved is not None and firing.lineno is not None:
+                st.saved = stmod.FileResume(
+                    st.saved.dev, st.saved.inode, st.saved.offset, st.saved.lineno, firing.lineno
+                )
+                self.save_state()  # before the actions start: a restart will not repeat them
+        self._mark_dirty()
         self._start_chain(firing)
         if change:
             self._state_record(change)
@@ -747,6 +1106,8 @@ class Engine:
             c.append(rt.timer_next)
             c.append(rt.rate_window_end())
         c.append(self._pid_poll_at)
+        if self._state_dirty_at is not None:
+            c.append(max(self._state_dirty_at, self._last_save + 1.0))
         return next_deadline(c)
 
     def _due(self, now: float) -> None:
@@ -782,6 +1143,8 @@ class Engine:
             end = rt.rate_window_end()
             if end is not None and now >= end:
                 self._flush_skipped(rt)
+        if self._state_dirty_at is not None and now >= max(self._state_dirty_at, self._last_save + 1.0):
+            self.save_state()
         if self._pid_poll_at is not None and now >= self._pid_poll_at:
             self._pid_poll_at = now + 2.0
             if self.follow_pid and not _pid_alive(self.follow_pid):
@@ -853,6 +1216,7 @@ class Engine:
             self.backend.close()
         except Exception:
             pass
+        self.save_state()
         self.eventlog.close()
         if self.install_signals:
             try:
@@ -865,6 +1229,13 @@ class Engine:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _has_toml(directory: str) -> bool:
+    try:
+        return any(n.endswith(".toml") and not n.startswith(".") for n in os.listdir(directory))
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:

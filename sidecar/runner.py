@@ -63,8 +63,10 @@ _log = get_logger(__name__)
 
 #: how much to read from the pipe at once
 _READ_SIZE = 1 << 16
-#: without a pidfd, how often a worker checks whether the shell has exited (s)
+#: without a pidfd (kernel < 5.3), how often a worker checks whether the shell has exited
+#: while the pipe is open / once it is closed (the shell is about to exit) (s)
 _EXIT_CHECK = 0.05
+_EXIT_CHECK_EOF = 0.002
 #: after the SIGKILL: how long to wait for the shell to die and the pipe to close (s)
 _GIVE_UP_AFTER_KILL = 1.0
 
@@ -522,7 +524,7 @@ class Runner:
                     phase, phase_end = _TERM, now + self.kill_after
             wait_until = phase_end
             if pidfd is None and not exited:
-                wait_until = min(wait_until, now + _EXIT_CHECK)
+                wait_until = min(wait_until, now + (_EXIT_CHECK_EOF if eof else _EXIT_CHECK))
             timeout_ms: Optional[int] = None
             if wait_until != math.inf:
                 timeout_ms = max(0, int(math.ceil((wait_until - now) * 1000)))

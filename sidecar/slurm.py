@@ -607,7 +607,8 @@ def rewrite_sbatch(script_text: str, modifications: Mapping[str, Optional[str]])
         changes[canon] = value
     if bad:
         raise ValueError(
-            "not sbatch options: " + ", ".join(repr(b) for b in bad)
+            "not sbatch options: "
+            + ", ".join(repr(b) for b in bad)
             + " (see man sbatch for the option names)"
         )
     lines, words = _option_lines(script_text)
@@ -636,9 +637,7 @@ def rewrite_sbatch(script_text: str, modifications: Mapping[str, Optional[str]])
             line = line[:start] + text + line[end:]
         lines[idx] = line
     emptied = {
-        idx
-        for idx in edits
-        if lines[idx].rstrip("\r").strip() in _MAGIC and _words_on(words, idx)
+        idx for idx in edits if lines[idx].rstrip("\r").strip() in _MAGIC and _words_on(words, idx)
     }
     added = [
         "#SBATCH " + _option_text(name, value)

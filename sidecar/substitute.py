@@ -95,9 +95,7 @@ def env_name(name: str) -> str:
     return SHELL_VAR_PREFIX + name
 
 
-def substitute_shell(
-    template: str, variables: Mapping[str, object]
-) -> Tuple[str, Dict[str, str]]:
+def substitute_shell(template: str, variables: Mapping[str, object]) -> Tuple[str, Dict[str, str]]:
     """(command, environment) for ``/bin/sh -c``: the command refers to the variables it
     uses through ``SIDECAR_VAR_<name>`` environment variables, given in the second item.
     Raises ``SubstitutionError`` when a value would reach shell arithmetic without being an

@@ -413,3 +413,22 @@ def test_submit_to_exec_latency_p99_under_10ms() -> None:
             break
     assert p50 < 0.002  # a thread start per submit (~1 ms of GIL wait) would show here
     assert p99 < 0.010
+
+
+def test_without_pidfd_exit_timeout_and_leftovers_still_work(monkeypatch: Any) -> None:
+    """Kernels < 5.3 have no pidfd: the worker polls waitid(WNOWAIT) instead."""
+    import sidecar.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "_pidfd_open", lambda pid: None)
+    c = Collector(kill_after=0.3)
+    try:
+        r = c.runner.run_sync(job("echo hi; exit 4"))
+        assert (r.exit_code, r.output) == (4, "hi\n") and r.duration_s < 0.2
+        r = c.runner.run_sync(job("sleep 100 & echo $!; sleep 100", timeout=0.3))
+        assert r.timed_out and r.exit_code == -signal.SIGTERM
+        wait_until(lambda: gone(int(r.output.split()[0])), 5)
+        r = c.runner.run_sync(job("sleep 100 & echo $!", timeout=30))
+        assert r.ok and r.detail.get("killed_leftovers") and r.duration_s < 2.0
+        wait_until(lambda: gone(int(r.output.split()[0])), 5)
+    finally:
+        c.runner.shutdown(0)

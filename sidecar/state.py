@@ -1,0 +1,129 @@
+"""The sidecar's state file: what a running sidecar is doing, and where it was.
+
+One small JSON file per sidecar, next to its event log, in ``<log dir>/.sidecar/``, named
+after the job, the host and the config (``<job>-<host>-<hash>.json``), so that a sidecar
+started again for the same job (after a crash, a SIGKILL, a requeue) finds where its
+predecessor stopped, and ``sidecar status`` finds every sidecar writing to that log.
+
+Written atomically (temporary file + rename): a reader never sees half a file.
+
+Resuming without duplicates and without loss: the position saved for a file is the start of
+a chunk whose lines may not all have been acted on, together with ``fired_through``, the
+number of the last line in that chunk whose firing was saved *before* its actions started.
+After a restart the chunk is read again; its lines up to ``fired_through`` do not fire again,
+the lines after it do. Lines written while no sidecar ran are read then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+
+STATE_DIR = ".sidecar"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileResume:
+    dev: int
+    inode: int
+    offset: int
+    lineno: int
+    fired_through: int = 0  # lines up to this number (at this offset) have fired already
+
+
+def state_dir_for(event_log_path: Optional[str], cwd: str) -> str:
+    base = os.path.dirname(event_log_path) if event_log_path else cwd
+    return os.path.join(base or cwd, STATE_DIR)
+
+
+def state_key(job_id: Optional[str], host: str, config_id: str) -> str:
+    h = hashlib.sha256(config_id.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job_id or 'nojob'}-{host.split('.')[0]}-{h}")
+    return safe
+
+
+def default_state_path(
+    event_log_path: Optional[str], cwd: str, job_id: Optional[str], config_id: str
+) -> str:
+    key = state_key(job_id, socket.gethostname(), config_id)
+    return os.path.join(state_dir_for(event_log_path, cwd), key + ".json")
+
+
+def control_dir(state_path: str) -> str:
+    """Where ``sidecar pause/resume/trigger`` drop commands for this sidecar."""
+    return state_path[: -len(".json")] + ".control" if state_path.endswith(".json") else (
+        state_path + ".control"
+    )
+
+
+def write_atomic(path: str, data: Mapping[str, Any]) -> None:
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, separators=(",", ":"), default=str)
+    os.replace(tmp, path)
+
+
+def read_state(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        return None
+    return data
+
+
+def resume_positions(data: Mapping[str, Any]) -> Dict[str, FileResume]:
+    out: Dict[str, FileResume] = {}
+    files = data.get("files") or {}
+    if not isinstance(files, dict):
+        return out
+    for path, f in files.items():
+        try:
+            out[str(path)] = FileResume(
+                int(f["dev"]),
+                int(f["inode"]),
+                int(f["offset"]),
+                int(f["lineno"]),
+                int(f.get("fired_through", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def iter_states(directory: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """Every state file in ``directory`` (a ``.sidecar`` dir, or the dir holding one)."""
+    d = directory
+    if os.path.isdir(os.path.join(d, STATE_DIR)):
+        d = os.path.join(d, STATE_DIR)
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return
+    for n in names:
+        if n.endswith(".json"):
+            p = os.path.join(d, n)
+            data = read_state(p)
+            if data is not None:
+                yield p, data
