@@ -1,41 +1,48 @@
 """Regexes over whole-line buffers: a :class:`~sidecar.types.Chunk` in, ``LineMatch``-es out.
 
-The language of a pattern is Python's ``re`` (what ssync's ``#WATCHER`` lines and the Haskell
-Sidecar's configs are written in); the reference meaning of a rule is::
+Patterns are Python ``re`` syntax, and the meaning of a rule is, by definition::
 
-    for each line of the chunk (terminators \\n, \\r\\n, lone \\r; line decoded as UTF-8 with
-    errors="replace", terminator stripped):
+    for each line of the chunk (terminators \\n, \\r\\n and a lone \\r; the line decoded as
+    UTF-8 with errors="replace", without its terminator):
         m = re.search(pattern, line, re.IGNORECASE if ignore_case else 0)
 
-and this module produces exactly that, fast:
+This module computes exactly that without looking at most lines from Python:
 
-* Each pattern is parsed with Python's own parser and re-emitted as an RE2 (google-re2)
-  pattern with the same meaning (Unicode ``\\d``/``\\w``/``\\s``, Python's case folding, ``.``
-  and negated classes never crossing a line end, ``\\A``/``\\Z``/``^``/``$`` as line anchors).
-  What RE2 cannot express with the same meaning (lookaround, backreferences, possessive
-  quantifiers, atomic and conditional groups, repeated groups that can match empty, huge
-  counted repeats) runs on Python ``re``, pre-filtered by an RE2 *relaxation* of the
-  pattern (lookarounds dropped, backreferences widened...) that matches a superset of lines.
-* A chunk is scanned as one buffer, never line by line: a rule whose RE2 pattern begins with
-  a literal gets its own pass (RE2 skips with memchr to candidates: ~10 GB/s); the other
-  rules share one pass with an alternation of their patterns. Only candidate lines cost any
-  Python work. Emitted patterns cannot match a ``\\n``, so a buffer-level match from a line
-  start is the per-line match (no re-check needed for exact RE2 rules); a pass continues at
-  the start of the line after each hit, so no line is skipped.
-* ``\\r`` terminators are rewritten to ``\\n`` (and invalid UTF-8 to U+FFFD) on a private copy
-  only when the chunk has them; line numbers count terminators exactly.
+* Every pattern is parsed with Python's own parser and written out again for RE2
+  (google-re2), which runs in linear time. The UTF-8 form has the same meaning as Python's
+  (Unicode ``\\d``/``\\w``/``\\s``, Python's case folding, ``^``/``$``/``\\A``/``\\Z`` as line
+  anchors, ``.`` and negated classes never crossing a line end). What RE2 cannot say with the
+  same meaning (lookaround, backreferences, possessive quantifiers, atomic and conditional
+  groups, repeated groups that can match empty, counted repeats over 1000) runs on Python
+  ``re`` instead, on the candidate lines found by an RE2 *relaxation* of the pattern
+  (lookarounds dropped, backreferences widened, ...) that matches a superset of lines.
+* A chunk is scanned as one buffer of raw bytes by *wide* forms of the patterns, compiled as
+  Latin-1 so that any byte sequence is valid: exact on ASCII lines, and on other lines a
+  superset (a non-ASCII character is any run of bytes >= 0x80). Hits on ASCII lines are
+  final; hits on other lines are checked again with the UTF-8 form (on the repaired line
+  when it holds invalid UTF-8). So the buffer is never decoded or validated as a whole.
+* A rule whose pattern starts with a fixed character gets a pass of its own (RE2 skips to
+  candidates with memchr, ~10 GB/s); a pattern that starts with an alternation or a
+  case-insensitive letter is split into such passes (then checked on its candidate lines);
+  the remaining rules share one pass of an alternation of their patterns. After each hit a
+  pass goes on at the start of the next line (each rule matches a line at most once); the
+  patterns cannot match a ``\\n``, so a hit found from a line start is that line's first match
+  and no line is skipped.
+* ``\\r`` terminators become ``\\n`` (on a copy, only for chunks that contain ``\\r``); line
+  numbers count terminators exactly.
 
-``\\b``/``\\B`` are ASCII in RE2 and Unicode in Python: rules using them are exact on ASCII
-lines and checked with Python ``re`` on other candidate lines. Remaining known difference:
-characters that Python's Unicode database (Unicode 13-15 depending on the Python) does not
-know yet but RE2's does are classified by RE2 in ``\\d``/``\\w``.
+``\\b``/``\\B`` mean ASCII word boundaries in RE2 and Unicode ones in Python: such rules are
+exact on ASCII chunks and are checked with Python ``re`` on non-ASCII candidate lines. One
+known difference remains: characters that the Python's Unicode database (13.0 in 3.9, 14.0
+in 3.11) does not know yet but RE2's does are classified by RE2 for ``\\d`` and ``\\w``.
 """
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Callable, Hashable, List, Optional, Sequence, Tuple
+from operator import itemgetter
+from typing import Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
 
 from sidecar.log import get_logger
 from sidecar.model import RegexTrigger
@@ -52,67 +59,68 @@ try:
     import re2 as _re2mod
 
     _RE2_ERROR: Optional[str] = None
-except Exception as _e:  # pragma: no cover - exercised only where the wheel is missing
+except Exception as _e:  # pragma: no cover - only where the wheel is missing
     _re2mod = None
     _RE2_ERROR = f"{type(_e).__name__}: {_e}"
 
 __all__ = [
+    "ENGINE_INVALID",
+    "ENGINE_RE",
+    "ENGINE_RE2",
     "MultiMatcher",
     "PatternError",
     "compile_check",
     "match_line",
-    "ENGINE_RE2",
-    "ENGINE_RE",
-    "ENGINE_ERROR",
 ]
 
 ENGINE_RE2 = "re2"
 ENGINE_RE = "re"
-ENGINE_ERROR = "invalid"
+ENGINE_INVALID = "invalid"
 
 _log = get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # RE2 access. The pybind11 object behind re2.compile() has Match(anchor, buffer, pos, endpos)
-# -> [(start, end) per group], zero-copy on bytes; the public wrapper adds ~1 us per call.
+# -> [(start, end) for each group], zero-copy on bytes; the public wrapper adds ~1 us a call.
 
 Span = Tuple[int, int]
 MatchFn = Callable[[Any, bytes, int, int], List[Span]]
-
 _NO_SPAN: Span = (-1, -1)
-
-
-def _re2_options(max_mem: int = 8 << 20) -> Any:
-    assert _re2mod is not None
-    opts = _re2mod.Options()
-    opts.log_errors = False  # RE2 would write compile/DFA errors to stderr itself
-    opts.max_mem = max_mem
-    return opts
-
 
 if _re2mod is not None:
     try:
         _UNANCHORED: Any = _re2mod._re2.RE2.Anchor.UNANCHORED
-    except AttributeError:  # pragma: no cover - future binding without the private module
+    except AttributeError:  # pragma: no cover - a binding without the private module
         _UNANCHORED = None
 else:  # pragma: no cover
     _UNANCHORED = None
 
 
-def _re2_compile(src: str, max_mem: int = 8 << 20) -> Tuple[MatchFn, int]:
-    """Compile ``src`` with RE2 -> (match function, number of groups). Raises ValueError."""
+def _re2_options(latin1: bool, max_mem: int = 8 << 20) -> Any:
+    assert _re2mod is not None
+    opts = _re2mod.Options()
+    opts.log_errors = False  # else RE2 writes compile errors to stderr itself
+    opts.max_mem = max_mem
+    if latin1:
+        opts.encoding = _re2mod.Options.Encoding.LATIN1
+    return opts
+
+
+def _re2_compile(src: str, latin1: bool, max_mem: int = 8 << 20) -> Tuple[MatchFn, int]:
+    """Compile ``src`` (ASCII text: everything else is escaped) -> (match function, number of
+    groups). Raises ValueError with RE2's message."""
     assert _re2mod is not None
     try:
-        rx = _re2mod.compile(src, _re2_options(max_mem))
-    except Exception as e:  # re2.error; message is bytes
+        rx = _re2mod.compile(src.encode("ascii"), _re2_options(latin1, max_mem))
+    except Exception as e:  # re2.error; its message is bytes
         msg = e.args[0] if e.args else e
         if isinstance(msg, bytes):
             msg = msg.decode("utf-8", "replace")
         raise ValueError(str(msg)) from None
+    ngroups = int(rx.groups)
     raw = getattr(rx, "_regexp", None)
     if raw is not None and _UNANCHORED is not None and hasattr(raw, "Match"):
-        return raw.Match, int(rx.groups)
-    ngroups = int(rx.groups)  # pragma: no cover - only with a different binding
+        return raw.Match, ngroups
 
     def match(_anchor: Any, buf: bytes, pos: int, end: int) -> List[Span]:  # pragma: no cover
         m = rx.search(buf, pos, end)
@@ -147,7 +155,6 @@ _ASSERT = _C.ASSERT
 _ASSERT_NOT = _C.ASSERT_NOT
 _MAXREPEAT = _C.MAXREPEAT
 _REPEATS = (_MAX_REPEAT, _MIN_REPEAT, _POSSESSIVE_REPEAT)
-
 _AT_BEGIN = {_C.AT_BEGINNING, _C.AT_BEGINNING_LINE, _C.AT_BEGINNING_STRING}
 _AT_END = {_C.AT_END, _C.AT_END_LINE, _C.AT_END_STRING}
 _AT_BOUNDARY = _C.AT_BOUNDARY
@@ -158,10 +165,17 @@ _F_ASCII = int(re.ASCII)
 
 _NL = 0x0A
 _MAXCP = 0x10FFFF
-_NEVER = "[^\\x{0}-\\x{10ffff}]"  # an empty class: never matches (e.g. a literal \n)
-_DOTI = (0x49, 0x69, 0x131)  # Python's (?i) puts I, i and dotless i together; RE2 does not
+_NEVER = "[^\\x{0}-\\x{10ffff}]"  # an empty class (e.g. for a literal \n: lines have none)
+_NEVER_WIDE = "[^\\x{0}-\\x{ff}]"
+_WIDE_CHAR = "[\\x{80}-\\x{ff}]+"  # stands for any non-ASCII character in the wide forms
+_WIDE_ANY = "(?:[\\x{0}-\\x{9}\\x{b}-\\x{7f}]|" + _WIDE_CHAR + ")"
 
-# Python's Unicode \s (str.isspace), as ranges; \n is left out (lines never contain it).
+#: (?i) in Python also matches these for an ASCII letter (RE2 agrees, except for the dotless
+#: i, which Python puts with I and i and RE2 does not; we emit Python's meaning)
+_EXOTIC_FOLDS: Dict[str, Tuple[int, ...]] = {"k": (0x212A,), "s": (0x17F,), "i": (0x131,)}
+_DOTI = (0x49, 0x69, 0x131)
+
+# Python's Unicode \s (str.isspace) as ranges, without \n (lines never contain it).
 _SPACE_RANGES: Tuple[Span, ...] = (
     (0x09, 0x09),
     (0x0B, 0x0D),
@@ -188,6 +202,13 @@ def _esc(c: int) -> str:
     if c < 0x80 and chr(c).isalnum():
         return chr(c)
     return f"\\x{{{c:x}}}"
+
+
+def _esc_utf8(c: int) -> str:
+    """A code point as the Latin-1 escapes of its UTF-8 bytes (for the wide forms)."""
+    if c < 0x80:
+        return _esc(c)
+    return "".join(f"\\x{{{b:x}}}" for b in chr(c).encode("utf-8"))
 
 
 def _complement(ranges: Sequence[Span]) -> List[Span]:
@@ -243,19 +264,96 @@ def _ascii_fold(ranges: Sequence[Span]) -> List[Span]:
     return list(ranges) + extra
 
 
+def _ascii_orbit(c: int, flags: int) -> Tuple[int, ...]:
+    """The characters a class must contain for ASCII ``c`` to match it under ``flags``."""
+    ch = chr(c)
+    if not flags & _F_IGNORECASE or not ch.isalpha():
+        return (c,)
+    lo = ch.lower()
+    base = (ord(lo), ord(ch.upper()))
+    if flags & _F_ASCII:
+        return base
+    return base + _EXOTIC_FOLDS.get(lo, ())
+
+
+class _Class:
+    """A parsed character class: explicit ranges plus Unicode digit/word categories."""
+
+    def __init__(self, items: Any, flags: int) -> None:
+        self.negate = False
+        self.ranges: List[Span] = []
+        self.digit = self.word = self.not_digit = self.not_word = False
+        ascii_mode = bool(flags & _F_ASCII)
+        for op, av in items:
+            if op is _NEGATE:
+                self.negate = True
+            elif op is _LITERAL:
+                self.ranges.append((av, av))
+            elif op is _RANGE:
+                self.ranges.append((av[0], av[1]))
+            elif op is _CATEGORY:
+                name = str(av)
+                neg = name.startswith("CATEGORY_NOT_")
+                base = name[len("CATEGORY_NOT_") :] if neg else name[len("CATEGORY_") :]
+                if base == "SPACE":
+                    rs = _ASCII_SPACE if ascii_mode else _SPACE_RANGES
+                    self.ranges.extend(_complement(rs) if neg else rs)
+                elif ascii_mode and base in ("DIGIT", "WORD"):
+                    rs = _ASCII_DIGIT if base == "DIGIT" else _ASCII_WORD
+                    self.ranges.extend(_complement(rs) if neg else rs)
+                elif base == "DIGIT":
+                    if neg:
+                        self.not_digit = True
+                    else:
+                        self.digit = True
+                elif base == "WORD":
+                    if neg:
+                        self.not_word = True
+                    else:
+                        self.word = True
+                else:
+                    raise _Untranslatable(f"the class {name}")
+            else:
+                raise _Untranslatable(f"the class item {op}")
+
+    def base_contains(self, c: int) -> bool:
+        """Is ``c`` in the class before negation (and before case folding)?"""
+        if _contains(self.ranges, c):
+            return True
+        ch = chr(c)
+        if (self.digit and ch.isdecimal()) or (self.word and (ch.isalnum() or c == 0x5F)):
+            return True
+        if self.not_digit and not ch.isdecimal():
+            return True
+        return self.not_word and not (ch.isalnum() or c == 0x5F)
+
+    def has_non_ascii(self) -> bool:
+        return (
+            self.negate
+            or any(hi >= 0x80 for _lo, hi in self.ranges)
+            or self.digit
+            or self.word
+            or self.not_digit
+            or self.not_word
+        )
+
+
 class _Emitter:
     """Writes the RE2 form of a parsed pattern.
 
-    exact=True: same meaning on a single line, or raise _Untranslatable. exact=False: a
+    exact=True: the same meaning on a line, or raise _Untranslatable; exact=False: a
     relaxation (matches every line the pattern matches, maybe more) that always exists.
-    capture=False turns groups into non-capturing ones (for alternations and prefilters).
+    capture=False turns groups into non-capturing ones. wide=True: the Latin-1 form (see the
+    module docstring): the same meaning on ASCII lines, a superset on others.
     """
 
-    def __init__(self, exact: bool, capture: bool, max_count: int = 1000) -> None:
+    def __init__(self, exact: bool, capture: bool, wide: bool, max_count: int = 1000) -> None:
         self.exact = exact
         self.capture = capture
+        self.wide = wide
         self.max_count = max_count
-        self.unicode_boundary = False  # exact pattern uses \b/\B with ASCII-only meaning
+        self.never = _NEVER_WIDE if wide else _NEVER
+        self.unicode_boundary = False  # an exact form uses \b/\B with an ASCII-only meaning
 
     def seq(self, items: Any, flags: int) -> str:
         return "".join(self.item(op, av, flags) for op, av in items)
@@ -272,8 +370,8 @@ class _Emitter:
             return self.literal(av, flags)
         if op is _NOT_LITERAL:
             return self.klass([(_NEGATE, None), (_LITERAL, av)], flags)
-        if op is _ANY:
-            return "[^\\n]"  # with or without DOTALL: a line has no \n
+        if op is _ANY:  # with or without DOTALL: a line has no \n
+            return _WIDE_ANY if self.wide else "[^\\n]"
         if op is _IN:
             return self.klass(av, flags)
         if op is _CATEGORY:
@@ -325,7 +423,7 @@ class _Emitter:
         if op is _POSSESSIVE_REPEAT:
             self._no("a possessive quantifier")
         if self.exact and hi != 1 and _nullable(body) and _has_capture(body):
-            # e.g. (a*)+ on "aa": Python gives group 1 = "", RE2 "aa"
+            # e.g. (a*)+ on "aa": Python's group 1 is "", RE2's "aa"
             raise _Untranslatable("a repeated group that can match the empty string")
         inner = "(?:" + self.seq(body, flags) + ")"
         unbounded = hi is _MAXREPEAT or hi == _MAXREPEAT
@@ -345,8 +443,20 @@ class _Emitter:
 
     def literal(self, c: int, flags: int) -> str:
         if c == _NL or 0xD800 <= c <= 0xDFFF:
-            return _NEVER
-        if not flags & _F_IGNORECASE:
+            return self.never
+        fold = bool(flags & _F_IGNORECASE)
+        if self.wide:
+            if c >= 0x80:
+                if fold and not flags & _F_ASCII:
+                    return _WIDE_CHAR
+                return _esc_utf8(c)
+            orbit = _ascii_orbit(c, flags)
+            if len(orbit) == 1:
+                return _esc(c)
+            ascii_part = "[" + "".join(_esc(o) for o in orbit if o < 0x80) + "]"
+            others = [_esc_utf8(o) for o in orbit if o >= 0x80]
+            return "(?:" + "|".join([ascii_part, *others]) + ")" if others else ascii_part
+        if not fold:
             return _esc(c)
         if flags & _F_ASCII:
             ch = chr(c)
@@ -358,72 +468,62 @@ class _Emitter:
         return "(?i:" + _esc(c) + ")"
 
     def klass(self, items: Any, flags: int) -> str:
-        negate = False
-        ranges: List[Span] = []
-        pos_tokens: List[str] = []  # Unicode properties inside the brackets
-        not_digit = not_word = False
-        ascii_mode = bool(flags & _F_ASCII)
-        for op, av in items:
-            if op is _NEGATE:
-                negate = True
-            elif op is _LITERAL:
-                ranges.append((av, av))
-            elif op is _RANGE:
-                ranges.append((av[0], av[1]))
-            elif op is _CATEGORY:
-                name = str(av)
-                if name.startswith("CATEGORY_NOT_"):
-                    base = name[len("CATEGORY_NOT_") :]
-                    neg = True
-                else:
-                    base = name[len("CATEGORY_") :]
-                    neg = False
-                if base == "SPACE":
-                    rs = _ASCII_SPACE if ascii_mode else _SPACE_RANGES
-                    ranges.extend(_complement(rs) if neg else rs)
-                elif ascii_mode and base in ("DIGIT", "WORD"):
-                    rs = _ASCII_DIGIT if base == "DIGIT" else _ASCII_WORD
-                    ranges.extend(_complement(rs) if neg else rs)
-                elif base == "DIGIT":
-                    if neg:
-                        not_digit = True
-                    else:
-                        pos_tokens.append("\\p{Nd}")
-                elif base == "WORD":
-                    if neg:
-                        not_word = True
-                    else:
-                        pos_tokens.append("\\p{L}\\p{N}_")
-                else:
-                    self._no(f"the class {name}")
-                    return "[^\\n]"
-            else:
-                self._no(f"the class item {op}")
-                return "[^\\n]"
+        try:
+            k = _Class(items, flags)
+        except _Untranslatable as e:
+            self._no(str(e.args[0]))
+            return _WIDE_ANY if self.wide else "[^\\n]"
+        if self.wide:
+            return self._wide_class(k, flags)
+        return self._utf8_class(k, flags)
+
+    def _wide_class(self, k: _Class, flags: int) -> str:
+        members = [
+            c
+            for c in range(0x80)
+            if c != _NL and any(k.base_contains(o) for o in _ascii_orbit(c, flags)) != k.negate
+        ]
+        non_ascii = k.has_non_ascii() or (
+            flags & _F_IGNORECASE
+            and not flags & _F_ASCII
+            and any(chr(c).isalpha() for c in members)
+        )
+        parts = []
+        if members:
+            parts.append("[" + _ranges_src(_normalize([(c, c) for c in members])) + "]")
+        if non_ascii:
+            parts.append(_WIDE_CHAR)
+        if not parts:
+            return self.never
+        return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+    def _utf8_class(self, k: _Class, flags: int) -> str:
+        ranges = k.ranges
         fold = bool(flags & _F_IGNORECASE)
-        if fold and ascii_mode:
+        if fold and flags & _F_ASCII:
             ranges = _ascii_fold(ranges)
             fold = False
         elif fold and any(_contains(ranges, c) for c in _DOTI):
             ranges = ranges + [(c, c) for c in _DOTI]
         ranges = _normalize(ranges)
-        body = _ranges_src(ranges) + "".join(pos_tokens)
-        if not negate:
+        tokens = ("\\p{Nd}" if k.digit else "") + ("\\p{L}\\p{N}_" if k.word else "")
+        body = _ranges_src(ranges) + tokens
+        if not k.negate:
             alts = []
             if body:
                 alts.append("[" + body + "]")
-            if not_digit:
+            if k.not_digit:
                 alts.append("[^\\p{Nd}\\n]")
-            if not_word:
+            if k.not_word:
                 alts.append("[^\\p{L}\\p{N}_\\n]")
             if not alts:
-                return _NEVER
+                return self.never
             src = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
         else:
-            rest = body + ("\\P{Nd}" if not_digit else "")
-            if not_word:  # [^\W...] = word characters that are none of the rest
+            rest = body + ("\\P{Nd}" if k.not_digit else "")
+            if k.not_word:  # [^\W...]: the word characters that are none of the rest
                 parts = ["[^\\PL" + rest + "\\n]", "[^\\PN" + rest + "\\n]"]
-                if not _contains(ranges, 0x5F) and "\\p{L}\\p{N}_" not in pos_tokens:
+                if not _contains(ranges, 0x5F) and not k.word:
                     parts.append("[^\\x{0}-\\x{5e}\\x{60}-\\x{10ffff}" + rest + "\\n]")
                 src = "(?:" + "|".join(parts) + ")"
             else:
@@ -478,8 +578,8 @@ def _has_capture(items: Any) -> bool:
     return False
 
 
-def _first_chars(items: Any) -> Optional[frozenset[int]]:
-    """Literal code points a match can start with; None = unknown/anything (or nullable)."""
+def _first_chars(items: Any) -> Optional[FrozenSet[int]]:
+    """Literal code points a match can start with; None = unknown (anything, or empty)."""
     for op, av in items:
         if op is _LITERAL:
             return frozenset((av,))
@@ -492,15 +592,13 @@ def _first_chars(items: Any) -> Optional[frozenset[int]]:
 
 
 def _danger(items: Any, in_repeat: bool = False) -> Optional[str]:
-    """A reason the pattern may backtrack catastrophically in Python re, or None."""
+    """Why the pattern may backtrack catastrophically in Python re, or None. A heuristic."""
     for op, av in items:
         if op is _MAX_REPEAT or op is _MIN_REPEAT:
             lo, hi, body = av
-            variable = hi != lo
-            if in_repeat and variable:
+            if in_repeat and hi != lo:
                 return "nested quantifiers (like (a+)+ or (.*)*)"
-            many = hi is _MAXREPEAT or hi == _MAXREPEAT or hi > 1
-            if many:
+            if hi is _MAXREPEAT or hi == _MAXREPEAT or hi > 1:
                 if _nullable(body):
                     return "a repeated part that can match the empty string (like (a?)*)"
                 r = _danger(body, True) or _branch_overlap(body)
@@ -533,81 +631,43 @@ def _branch_overlap(items: Any) -> Optional[str]:
     return None
 
 
-def _lead_literal(items: Any, flags: int, exact: bool) -> Optional[bool]:
-    """Does every match begin with one fixed, case-sensitive character? (RE2 then skips to
-    candidates with memchr.) None = the items can be empty (look further)."""
-    for op, av in items:
-        if op is _LITERAL:
-            return not (flags & _F_IGNORECASE) and av != _NL and not (0xD800 <= av <= 0xDFFF)
-        if op is _SUBPATTERN:
-            r = _lead_literal(av[3], (flags | av[1]) & ~av[2], exact)
-            if r is None:
-                continue
-            return r
-        if op in _REPEATS:
-            if av[0] < 1:
-                return False
-            r = _lead_literal(av[2], flags, exact)
-            return bool(r)
-        if op is _ATOMIC_GROUP:
-            r = _lead_literal(av, flags, exact)
-            if r is None:
-                continue
-            return r
-        if not exact and (op is _ASSERT or op is _ASSERT_NOT):
-            continue  # dropped by the relaxation
-        if (
-            not exact
-            and op is _AT
-            and (av is _AT_BOUNDARY or av is _AT_NON_BOUNDARY)
-            and not flags & _F_ASCII
-        ):
-            continue
-        return False
-    return None
+# ---------------------------------------------------------------------------------------------
+# Lead characters. RE2 finds candidates fast (memchr) when every match starts with one fixed
+# byte. _expand turns a pattern into a few such sequences when it can (alternations, a
+# case-insensitive first letter) so that each gets its own fast pass.
 
-
-# Splitting: a rule whose pattern starts with an alternation or a case-insensitive letter
-# is scanned as several passes that each start with a fixed character (each ~10x faster than
-# one DFA pass); their candidate lines are then checked with the whole pattern.
-
-#: (?i) in Python (and RE2, plus the dotless i fix) also matches these for an ASCII letter
-_EXOTIC_FOLDS = {"k": (0x212A,), "s": (0x17F,), "i": (0x131,)}
 _SPLIT_MAX = 8
-
 Triple = Tuple[Any, Any, int]
 
 
 def _fold_variants(c: int, flags: int, ascii_chunk: bool) -> Optional[List[int]]:
-    ch = chr(c)
     if c >= 0x80:
         return [c] if flags & _F_ASCII else None
-    if not ch.isalpha():
-        return [c]
-    out = [ord(ch.lower()), ord(ch.upper())]
-    if not flags & _F_ASCII and not ascii_chunk:  # the others are not ASCII
-        out.extend(_EXOTIC_FOLDS.get(ch.lower(), ()))
-    return out
+    orbit = _ascii_orbit(c, flags)
+    if ascii_chunk:  # the exotic partners are not ASCII
+        return [o for o in orbit if o < 0x80]
+    return list(orbit)
+
+
+def _skippable(op: Any, av: Any, fl: int, exact: bool) -> bool:
+    """Is this item dropped (zero-width) in the relaxed form?"""
+    if exact:
+        return False
+    if op is _ASSERT or op is _ASSERT_NOT:
+        return True
+    return op is _AT and (av is _AT_BOUNDARY or av is _AT_NON_BOUNDARY) and not fl & _F_ASCII
 
 
 def _expand(
     seq: List[Triple], exact: bool, ascii_chunk: bool, depth: int = 0
 ) -> Optional[List[List[Triple]]]:
-    """Sequences, each starting with a case-sensitive literal, whose matches include every
-    match of ``seq``; None when there is no such small set."""
+    """Sequences that each start with a case-sensitive literal and together match wherever
+    ``seq`` matches; None when there is no small set of them."""
     if depth > 50:
         return None
     i = 0
-    while i < len(seq):
-        op, av, fl = seq[i]
-        if not exact and (
-            op is _ASSERT
-            or op is _ASSERT_NOT
-            or (op is _AT and (av is _AT_BOUNDARY or av is _AT_NON_BOUNDARY) and not fl & _F_ASCII)
-        ):
-            i += 1  # dropped by the relaxation
-            continue
-        break
+    while i < len(seq) and _skippable(*seq[i], exact):
+        i += 1
     if i >= len(seq):
         return None
     op, av, fl = seq[i]
@@ -645,95 +705,86 @@ def _expand(
     return None
 
 
+def _lead_literal(items: Any, flags: int, exact: bool) -> bool:
+    """Does every match begin with one fixed character (so RE2 can skip with memchr)?"""
+    seqs = _expand([(o, a, flags) for o, a in items], exact, True)
+    return seqs is not None and len(seqs) == 1
+
+
 # ---------------------------------------------------------------------------------------------
-# One compiled pattern (shared by every rule with the same pattern/ignore_case).
+# One compiled pattern (shared by every rule with the same pattern and ignore_case).
 
 
 class _Compiled:
-    __slots__ = (
-        "pattern",
-        "ignore_case",
-        "py",
-        "ngroups",
-        "groupindex",
-        "exact",
-        "exact_nc_src",
-        "exact_lead",
-        "exact_broad",
-        "unicode_boundary",
-        "reason",
-        "danger",
-        "relaxed",
-        "relaxed_src",
-        "relaxed_lead",
-        "relaxed_broad",
-        "tree",
-        "gflags",
-        "_splits",
-    )
-
     def __init__(self, pattern: str, ignore_case: bool) -> None:
         self.pattern = pattern
-        self.ignore_case = ignore_case
         flags = _F_IGNORECASE if ignore_case else 0
-        # re.error (or RecursionError/OverflowError on absurd input) propagates to the caller
+        # re.error (RecursionError, OverflowError on absurd input) goes to the caller
         self.py: re.Pattern[str] = re.compile(pattern, flags)
         tree = _sre_parse.parse(pattern, flags)
         gflags = int(tree.state.flags)
         self.tree = tree
         self.gflags = gflags
-        self._splits: dict[Tuple[bool, bool], Optional[List[MatchFn]]] = {}
-        self.ngroups = self.py.groups
-        self.groupindex = dict(self.py.groupindex)
-        self.exact: Optional[MatchFn] = None
-        self.exact_nc_src: Optional[str] = None
-        self.exact_lead = self.exact_broad = False
+        self.ngroups: int = self.py.groups
+        self.groupindex: Dict[str, int] = dict(self.py.groupindex)
+        self.reason: Optional[str] = None  # why there is no exact RE2 form
+        self.danger: Optional[str] = None  # why Python re might backtrack badly
         self.unicode_boundary = False
-        self.reason: Optional[str] = None
-        self.danger: Optional[str] = None
+        # exact forms: UTF-8 (checks) and wide (scans); None when RE2 cannot say it
+        self.exact: Optional[MatchFn] = None
+        self.wide: Optional[MatchFn] = None
+        self.wide_src = ""  # without groups, for alternations
+        self.wide_lead = False
+        self.wide_broad = False
+        # the wide relaxed form, for rules checked on their candidate lines
         self.relaxed: Optional[MatchFn] = None
         self.relaxed_src = ""
         self.relaxed_lead = False
         self.relaxed_broad = True
+        self._splits: Dict[Tuple[bool, bool], Optional[List[MatchFn]]] = {}
         if _re2mod is None:
             self.reason = f"google-re2 is not importable ({_RE2_ERROR})"
             self.danger = _safe(lambda: _danger(tree))
             return
-        # exact
         try:
-            em = _Emitter(exact=True, capture=True)
-            src = "(?m)" + em.seq(tree, gflags)
-            fn, ng = _re2_compile(src)
+            em = _Emitter(exact=True, capture=True, wide=False)
+            fn, ng = _re2_compile("(?m)" + em.seq(tree, gflags), latin1=False)
             if ng != self.ngroups:
-                raise _Untranslatable(f"RE2 counts {ng} groups, Python {self.ngroups}")
-            nc = _Emitter(exact=True, capture=False).seq(tree, gflags)
+                raise _Untranslatable(f"{ng} groups for RE2 and {self.ngroups} for Python")
             self.exact = fn
-            self.exact_nc_src = nc
             self.unicode_boundary = em.unicode_boundary
-            self.exact_lead = bool(_lead_literal(tree, gflags, True))
-            self.exact_broad = _broad(fn)
         except _Untranslatable as e:
             self.reason = f"it uses {e.args[0]}"
         except ValueError as e:
             self.reason = f"RE2 rejects it ({e})"
         except RecursionError:
             self.reason = "it is nested too deeply for RE2"
-        if self.exact is None or self.unicode_boundary:
+        if self.exact is not None:
+            try:
+                wsrc = _Emitter(exact=True, capture=True, wide=True).seq(tree, gflags)
+                wfn, wng = _re2_compile("(?m)" + wsrc, latin1=True)
+                self.wide_src = _Emitter(exact=True, capture=False, wide=True).seq(tree, gflags)
+                if wng == ng:
+                    self.wide = wfn
+                    self.wide_lead = _lead_literal(tree, gflags, True)
+                    self.wide_broad = _broad(wfn)
+            except (_Untranslatable, ValueError, RecursionError):
+                self.wide = None
+        if self.exact is None or self.unicode_boundary or self.wide is None:
             self.danger = _safe(lambda: _danger(tree))
             for max_count in (1000, 1):
                 try:
-                    rsrc = _Emitter(exact=False, capture=False, max_count=max_count).seq(
-                        tree, gflags
-                    )
-                    self.relaxed, _ = _re2_compile("(?m)" + rsrc)
+                    em = _Emitter(exact=False, capture=False, wide=True, max_count=max_count)
+                    rsrc = em.seq(tree, gflags)
+                    self.relaxed, _ = _re2_compile("(?m)" + rsrc, latin1=True)
                     self.relaxed_src = rsrc
-                    self.relaxed_lead = bool(_lead_literal(tree, gflags, False))
+                    self.relaxed_lead = _lead_literal(tree, gflags, False)
                     self.relaxed_broad = _broad(self.relaxed)
                     break
                 except (ValueError, RecursionError):
                     continue
             if self.relaxed is None:  # every line is a candidate
-                self.relaxed, _ = _re2_compile("")
+                self.relaxed, _ = _re2_compile("", latin1=True)
                 self.relaxed_src = ""
                 self.relaxed_broad = True
 
@@ -742,8 +793,8 @@ class _Compiled:
         return ENGINE_RE2 if self.exact is not None else ENGINE_RE
 
     def splits(self, exact: bool, ascii_chunk: bool) -> Optional[List[MatchFn]]:
-        """Scan passes that together find every line the pattern (exact or relaxed) can match,
-        each starting with a fixed character; None when the pattern does not split so."""
+        """Fast passes (wide forms without groups) that together find every line the
+        pattern (exact or relaxed form) matches; None when it does not split that way."""
         key = (exact, ascii_chunk)
         if key in self._splits:
             return self._splits[key]
@@ -751,8 +802,8 @@ class _Compiled:
         try:
             seqs = _expand([(o, a, self.gflags) for o, a in self.tree], exact, ascii_chunk)
             if seqs is not None and 1 < len(seqs) <= _SPLIT_MAX:
-                em = _Emitter(exact=exact, capture=False)
-                res = [_re2_compile("(?m)" + em.seq3(sq))[0] for sq in seqs]
+                em = _Emitter(exact=exact, capture=False, wide=True)
+                res = [_re2_compile("(?m)" + em.seq3(sq), latin1=True)[0] for sq in seqs]
         except (_Untranslatable, ValueError, RecursionError):
             res = None
         self._splits[key] = res
@@ -770,7 +821,7 @@ _PROBE = b"\x00\x01 \x7f"
 
 
 def _broad(fn: MatchFn) -> bool:
-    """Matches a line of junk: it would make nearly every line a candidate."""
+    """Does it match a line of junk? Then nearly every line is a candidate."""
     return fn(_UNANCHORED, _PROBE, 0, len(_PROBE))[0][0] >= 0
 
 
@@ -780,35 +831,44 @@ def _compile(pattern: str, ignore_case: bool) -> _Compiled:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rules and the scan plan.
+# Rules and scan plans.
 
-_V_NONE = 0  # the scan's spans are the result
-_V_RE2 = 1  # re-run the exact RE2 pattern on the line (captures; or exactness)
+# How a candidate becomes a result:
+_V_NONE = 0  # the wide exact form's spans are the result on an ASCII line (else: _V_RE2)
+_V_RE2 = 1  # run the UTF-8 exact form on the line
 _V_PY = 2  # Python re on the decoded line
-_V_BOUND = 3  # exact RE2 on ASCII lines, Python re on others (Unicode \b / \B)
+_V_BOUND = 3  # UTF-8 exact form on an ASCII line, Python re on others (Unicode \b, \B)
+
+Hit = Tuple[int, int, int, int, Any]  # line start, rule index, line end, _V_*, spans or None
+_hit_order = itemgetter(0, 1)
 
 
 class _Rule:
-    __slots__ = ("key", "index", "c", "names", "captures")
+    __slots__ = ("key", "index", "c", "names", "simple_names")
 
     def __init__(self, key: Hashable, index: int, trigger: RegexTrigger) -> None:
         self.key = key
         self.index = index
         self.c = _compile(trigger.pattern, bool(trigger.ignore_case))
-        self.captures = tuple(trigger.captures)
         items: List[Tuple[str, Optional[int]]] = [
-            (name, idx - 1) for name, idx in sorted(self.c.groupindex.items(), key=lambda x: x[1])
+            (name, idx - 1) for name, idx in sorted(self.c.groupindex.items(), key=itemgetter(1))
         ]
-        for i, name in enumerate(self.captures):
+        for i, name in enumerate(trigger.captures):
             items.append((name, i if i < self.c.ngroups else None))
         self.names: Tuple[Tuple[str, Optional[int]], ...] = tuple(items)
+        # the common case: captures name the first groups, nothing else is named
+        self.simple_names: Optional[Tuple[str, ...]] = None
+        if not self.c.groupindex and all(i == j for j, (_n, i) in enumerate(items)):
+            self.simple_names = tuple(n for n, _i in items)
 
-    def named(self, groups: Tuple[Optional[str], ...]) -> dict[str, Optional[str]]:
+    def named(self, groups: Tuple[Optional[str], ...]) -> Dict[str, Optional[str]]:
+        if self.simple_names is not None:
+            return dict(zip(self.simple_names, groups))
         return {n: (None if i is None else groups[i]) for n, i in self.names}
 
 
 class _Pass:
-    """One scan over the buffer: ``fn`` finds candidates; members are (rule, verify kind)."""
+    """One scan of the buffer: ``fn`` finds candidates for ``members`` ((rule, _V_*))."""
 
     __slots__ = ("fn", "members", "set_match")
 
@@ -820,43 +880,41 @@ class _Pass:
         self.set_match = set_match
 
 
-_SET_MIN = 4  # alternation groups this big first ask an RE2 Set which members match a line
+_SET_MIN = 4  # alternation groups this big ask an RE2 Set which members a line may match
 
 
 def _build_plan(rules: Sequence[_Rule], ascii_chunk: bool) -> List[_Pass]:
-    solo: List[_Pass] = []
+    passes: List[_Pass] = []
     group: List[Tuple[_Rule, int, str]] = []
     for r in rules:
         c = r.c
-        exact_ok = c.exact is not None and (ascii_chunk or not c.unicode_boundary)
+        exact_ok = c.wide is not None and (ascii_chunk or not c.unicode_boundary)
         if exact_ok:
             vk = _V_RE2
-        elif c.exact is not None:
+        elif c.exact is not None and (c.unicode_boundary and not ascii_chunk):
             vk = _V_BOUND
+        elif c.exact is not None:
+            vk = _V_RE2
         else:
             vk = _V_PY
-        if exact_ok and (c.exact_lead or c.exact_broad):
-            assert c.exact is not None
-            solo.append(_Pass(c.exact, [(r, _V_NONE)]))
+        if exact_ok and (c.wide_lead or c.wide_broad):
+            assert c.wide is not None
+            passes.append(_Pass(c.wide, [(r, _V_NONE)]))
             continue
         if not exact_ok and (c.relaxed_lead or c.relaxed_broad):
             assert c.relaxed is not None
-            solo.append(_Pass(c.relaxed, [(r, vk)]))
+            passes.append(_Pass(c.relaxed, [(r, vk)]))
             continue
         split = c.splits(exact_ok, ascii_chunk)
         if split is not None:
-            solo.extend(_Pass(fn, [(r, vk)]) for fn in split)
+            passes.extend(_Pass(fn, [(r, vk)]) for fn in split)
         else:
-            src = c.exact_nc_src if exact_ok else c.relaxed_src
-            assert src is not None
-            group.append((r, vk, src))
-    passes = solo
-    if len(group) == 1 or len(group) > 1 and not _group_pass(group, passes):
+            group.append((r, vk, c.wide_src if exact_ok else c.relaxed_src))
+    if len(group) == 1 or (len(group) > 1 and not _group_pass(group, passes)):
         for r, vk, _src in group:
             c = r.c
-            if vk == _V_RE2:
-                assert c.exact is not None
-                passes.append(_Pass(c.exact, [(r, _V_NONE)]))
+            if vk == _V_RE2 and c.wide is not None:
+                passes.append(_Pass(c.wide, [(r, _V_NONE)]))
             else:
                 assert c.relaxed is not None
                 passes.append(_Pass(c.relaxed, [(r, vk)]))
@@ -864,18 +922,19 @@ def _build_plan(rules: Sequence[_Rule], ascii_chunk: bool) -> List[_Pass]:
 
 
 def _group_pass(group: List[Tuple[_Rule, int, str]], passes: List[_Pass]) -> bool:
-    src = "(?m)" + "|".join("(?:" + s + ")" for _r, _vk, s in group)
+    max_mem = max(8 << 20, len(group) << 20)
     try:
-        fn, _ = _re2_compile(src, max_mem=max(8 << 20, len(group) << 20))
+        src = "(?m)" + "|".join("(?:" + s + ")" for _r, _vk, s in group)
+        fn, _ = _re2_compile(src, latin1=True, max_mem=max_mem)
     except ValueError:
         return False
     set_match = None
     if len(group) >= _SET_MIN:
         try:
             assert _re2mod is not None
-            s = _re2mod.Set.SearchSet(_re2_options(max(8 << 20, len(group) << 20)))
+            s = _re2mod.Set.SearchSet(_re2_options(True, max_mem))
             for _r, _vk, gsrc in group:
-                s.Add("(?m)" + gsrc)
+                s.Add(("(?m)" + gsrc).encode("ascii"))
             s.Compile()
             set_match = getattr(s, "_set", s).Match
         except Exception:
@@ -885,11 +944,14 @@ def _group_pass(group: List[Tuple[_Rule, int, str]], passes: List[_Pass]) -> boo
 
 
 class PatternError(ValueError):
-    """Some rules' patterns do not compile. ``problems`` = [(key, message)]."""
+    """Some rules' patterns do not compile. ``problems`` = ((key, message), ...)."""
 
     def __init__(self, problems: Sequence[Tuple[Hashable, str]]) -> None:
         self.problems = tuple(problems)
         super().__init__("; ".join(f"{k}: {m}" for k, m in self.problems))
+
+
+_COMPILE_ERRORS = (re.error, RecursionError, OverflowError, ValueError, TypeError)
 
 
 def _py_error(pattern: str, e: BaseException) -> str:
@@ -904,10 +966,10 @@ def _py_error(pattern: str, e: BaseException) -> str:
 class MultiMatcher:
     """Scans chunks with many regex rules at once.
 
-    ``rules``: (key, RegexTrigger) pairs; ``scan`` returns (key, LineMatch) pairs in line
-    order, then rule order; each rule matches a line at most once (its first match, with
-    ``re.search`` semantics). Raises :class:`PatternError` listing every pattern that does not
-    compile (check them first with :func:`compile_check`).
+    ``rules``: (key, RegexTrigger) pairs. :meth:`scan` returns (key, LineMatch) pairs in line
+    order, then rule order; a rule matches a line at most once (its first match, with
+    ``re.search`` semantics). Raises :class:`PatternError` listing every pattern that Python
+    cannot compile (:func:`compile_check` says the same per trigger).
     """
 
     def __init__(self, rules: Sequence[Tuple[Hashable, RegexTrigger]]) -> None:
@@ -916,20 +978,16 @@ class MultiMatcher:
         for i, (key, trig) in enumerate(rules):
             try:
                 built.append(_Rule(key, i, trig))
-            except (re.error, RecursionError, OverflowError, ValueError, TypeError) as e:
+            except _COMPILE_ERRORS as e:
                 problems.append((key, _py_error(trig.pattern, e)))
         if problems:
             raise PatternError(problems)
         self._rules = built
-        self._plans: dict[bool, List[_Pass]] = {}
+        self._plans: Dict[bool, List[_Pass]] = {}
         self._failed_logged = False
 
-    @property
-    def keys(self) -> List[Hashable]:
-        return [r.key for r in self._rules]
-
     def engines(self) -> List[Tuple[Hashable, str]]:
-        """(key, "re2" | "re") for each rule."""
+        """(key, "re2" | "re") for each rule, in order."""
         return [(r.key, r.c.engine) for r in self._rules]
 
     def _plan(self, ascii_chunk: bool) -> List[_Pass]:
@@ -939,45 +997,44 @@ class MultiMatcher:
         return plan
 
     def scan(self, chunk: Chunk) -> List[Tuple[Hashable, LineMatch]]:
+        """Every (rule key, LineMatch) of the chunk's lines. Never raises for any content."""
         if not chunk.data or not self._rules:
             return []
         try:
             if _re2mod is None:  # pragma: no cover - degraded installation
                 return self._scan_lines(chunk)
             return self._scan(chunk)
-        except Exception as e:  # a bug here must not stop the daemon: fall back to re
+        except Exception as e:  # a bug here must not stop the daemon: go line by line
             if not self._failed_logged:
                 self._failed_logged = True
                 _log.error("matcher_fast_path_failed", path=chunk.path, error=repr(e))
             return self._scan_lines(chunk)
 
-    # -- fast path ------------------------------------------------------------------------------
+    # -- the fast path ----------------------------------------------------------------------
 
     def _scan(self, chunk: Chunk) -> List[Tuple[Hashable, LineMatch]]:
         buf = chunk.data
-        if b"\r" in buf:  # one terminator per \r\n and lone \r -> \n (same line contents)
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        ascii_chunk = buf.isascii()
-        if not ascii_chunk:
-            try:
-                buf.decode("utf-8")
-            except UnicodeDecodeError:  # so that RE2 sees what Python would see
-                buf = buf.decode("utf-8", "replace").encode("utf-8")
+        if b"\r" in buf:  # one terminator per \r\n and lone \r -> \n (line contents unchanged)
+            if _CRLF(_UNANCHORED, buf, 0, len(buf))[0][0] >= 0:
+                buf = buf.replace(b"\r\n", b"\n")
+            buf = buf.replace(b"\r", b"\n")
         n = len(buf)
-        phantom = buf.endswith(b"\n")  # a match at n would be on no line
-        hits: List[Tuple[int, int, int, Any]] = []
+        phantom = buf.endswith(b"\n")  # a match at n is on no line
+        hits: List[Hit] = []
         passes_with_hits = 0
         find = buf.find
         rfind = buf.rfind
         U = _UNANCHORED
-        for ps in self._plan(ascii_chunk):
+        for ps in self._plan(buf.isascii()):
             fn = ps.fn
             before = len(hits)
             members = ps.members
+            append = hits.append
             pos = 0
-            if len(members) == 1 and members[0][1] == _V_NONE:
-                idx = members[0][0].index
-                append = hits.append
+            if len(members) == 1:
+                r, vk = members[0]
+                idx = r.index
+                keep = vk == _V_NONE
                 while pos < n:
                     sp = fn(U, buf, pos, n)
                     p = sp[0][0]
@@ -988,7 +1045,7 @@ class MultiMatcher:
                         if phantom:
                             break
                         le = n
-                    append((rfind(b"\n", 0, p) + 1, idx, le, sp))
+                    append((rfind(b"\n", 0, p) + 1, idx, le, vk, sp if keep else None))
                     pos = le + 1
             else:
                 set_match = ps.set_match
@@ -1003,14 +1060,12 @@ class MultiMatcher:
                         le = n
                     ls = rfind(b"\n", 0, p) + 1
                     if set_match is not None:
-                        which = set_match(buf[ls:le])
-                        if which:
-                            for k in sorted(which):
-                                r, vk = members[k]
-                                self._verify(r, vk, buf, ls, le, hits)
+                        for k in sorted(set_match(buf[ls:le]) or ()):
+                            r, vk = members[k]
+                            append((ls, r.index, le, vk, None))
                     else:
                         for r, vk in members:
-                            self._verify(r, vk, buf, ls, le, hits)
+                            append((ls, r.index, le, vk, None))
                     pos = le + 1
             if len(hits) > before:
                 passes_with_hits += 1
@@ -1020,70 +1075,77 @@ class MultiMatcher:
             hits.sort(key=_hit_order)
         return self._results(chunk, buf, hits)
 
-    @staticmethod
-    def _verify(
-        r: _Rule, vk: int, buf: bytes, ls: int, le: int, hits: List[Tuple[int, int, int, Any]]
-    ) -> None:
-        c = r.c
-        if vk in (_V_RE2, _V_NONE):
-            assert c.exact is not None
-            sp = c.exact(_UNANCHORED, buf, ls, le)
-            if sp[0][0] >= 0:
-                hits.append((ls, r.index, le, sp))
-            return
-        lb = buf[ls:le]
-        if vk == _V_BOUND and (c.danger is not None or lb.isascii()):
-            assert c.exact is not None
-            sp = c.exact(_UNANCHORED, buf, ls, le)
-            if sp[0][0] >= 0:
-                hits.append((ls, r.index, le, sp))
-            return
-        m = c.py.search(lb.decode("utf-8", "replace"))
-        if m is not None:
-            hits.append((ls, r.index, le, m))
-
     def _results(
-        self, chunk: Chunk, buf: bytes, hits: List[Tuple[int, int, int, Any]]
+        self, chunk: Chunk, buf: bytes, hits: List[Hit]
     ) -> List[Tuple[Hashable, LineMatch]]:
         out: List[Tuple[Hashable, LineMatch]] = []
         rules = self._rules
         path = chunk.path
         lineno = chunk.lineno
         count = buf.count
+        U = _UNANCHORED
         last = 0
         cur = -1
         prev_idx = -1
         line = ""
         line_ascii = True
-        for ls, idx, le, payload in hits:
-            if ls == cur and idx == prev_idx:
-                continue  # found again by another pass of a split rule
-            prev_idx = idx
-            if ls != cur:
+        src = buf  # what spans index: the buffer, or the repaired line
+        base = 0  # where the line starts in src
+        end = 0
+        for ls, idx, le, vk, spans in hits:
+            if ls == cur:
+                if idx == prev_idx:
+                    continue  # found again by another pass of a split rule
+            else:
                 lineno += count(b"\n", last, ls)
                 last = cur = ls
-                line = buf[ls:le].decode("utf-8", "replace")
-                line_ascii = len(line) == le - ls
+                lb = buf[ls:le]
+                src, base, end = buf, ls, le
+                try:
+                    line = lb.decode("utf-8")
+                    line_ascii = len(line) == le - ls
+                except UnicodeDecodeError:
+                    line = lb.decode("utf-8", "replace")
+                    line_ascii = False
+                    src = line.encode("utf-8")
+                    base, end = 0, len(src)
+            prev_idx = idx
             r = rules[idx]
-            if type(payload) is list:
-                s, e = payload[0]
-                if line_ascii:
-                    text = line[s - ls : e - ls]
-                    groups = tuple(None if a < 0 else line[a - ls : b - ls] for a, b in payload[1:])
+            c = r.c
+            if vk == _V_NONE and line_ascii:
+                pass
+            elif vk in (_V_RE2, _V_NONE) or (vk == _V_BOUND and (line_ascii or c.danger)):
+                assert c.exact is not None
+                spans = c.exact(U, src, base, end)
+                if spans[0][0] < 0:
+                    continue
+            else:  # Python re on the decoded line
+                m = c.py.search(line)
+                if m is None:
+                    continue
+                groups = m.groups()
+                named = r.named(groups) if r.names else {}
+                out.append((r.key, LineMatch(path, lineno, line, m.group(), groups, named)))
+                continue
+            s, e = spans[0]
+            if line_ascii:
+                text = line[s - base : e - base]
+                if len(spans) == 1:
+                    groups = ()
                 else:
-                    text = buf[s:e].decode("utf-8", "replace")
                     groups = tuple(
-                        None if a < 0 else buf[a:b].decode("utf-8", "replace")
-                        for a, b in payload[1:]
+                        None if a < 0 else line[a - base : b - base] for a, b in spans[1:]
                     )
             else:
-                text = payload.group()
-                groups = payload.groups()
+                text = src[s:e].decode("utf-8", "replace")
+                groups = tuple(
+                    None if a < 0 else src[a:b].decode("utf-8", "replace") for a, b in spans[1:]
+                )
             named = r.named(groups) if r.names else {}
             out.append((r.key, LineMatch(path, lineno, line, text, groups, named)))
         return out
 
-    # -- slow path: line by line with Python re (no re2, or a bug above) ------------------------
+    # -- the slow path: line by line with Python re (no re2, or a bug above) ------------------
 
     def _scan_lines(self, chunk: Chunk) -> List[Tuple[Hashable, LineMatch]]:
         out: List[Tuple[Hashable, LineMatch]] = []
@@ -1092,24 +1154,14 @@ class MultiMatcher:
                 m = r.c.py.search(line)
                 if m is not None:
                     groups = m.groups()
-                    out.append(
-                        (
-                            r.key,
-                            LineMatch(
-                                chunk.path,
-                                chunk.lineno + i,
-                                line,
-                                m.group(),
-                                groups,
-                                r.named(groups) if r.names else {},
-                            ),
-                        )
-                    )
+                    named = r.named(groups) if r.names else {}
+                    lm = LineMatch(chunk.path, chunk.lineno + i, line, m.group(), groups, named)
+                    out.append((r.key, lm))
         return out
 
 
-def _hit_order(h: Tuple[int, int, int, Any]) -> Tuple[int, int]:
-    return (h[0], h[1])
+if _re2mod is not None:
+    _CRLF: MatchFn = _re2_compile("\\x{d}\\x{a}", latin1=True)[0]
 
 
 def _split_lines(data: bytes) -> List[str]:
@@ -1128,13 +1180,13 @@ def _split_lines(data: bytes) -> List[str]:
 
 
 def compile_check(trigger: RegexTrigger) -> Tuple[str, Optional[str]]:
-    """(engine, message) for ``sidecar check``: engine is "re2", "re" (Python fallback) or
-    "invalid" (the pattern does not compile; message says why). The message is None when there
-    is nothing to say, else warnings joined with "; "."""
+    """(engine, message) for ``sidecar check``: engine is "re2", "re" (Python re fallback)
+    or "invalid" (the pattern does not compile; the message says why). The message is None
+    when there is nothing to say, else warnings joined with "; "."""
     try:
         c = _compile(trigger.pattern, bool(trigger.ignore_case))
-    except (re.error, RecursionError, OverflowError, ValueError, TypeError) as e:
-        return ENGINE_ERROR, _py_error(trigger.pattern, e)
+    except _COMPILE_ERRORS as e:
+        return ENGINE_INVALID, _py_error(trigger.pattern, e)
     msgs: List[str] = []
     if c.exact is None:
         msgs.append(f"{c.reason}, so it runs on Python re (slower, and without a time limit)")
@@ -1147,31 +1199,27 @@ def compile_check(trigger: RegexTrigger) -> Tuple[str, Optional[str]]:
             msgs.append("nothing to pre-filter lines on: every line is checked with Python re")
     n_caps = len(trigger.captures)
     if n_caps > c.ngroups:
+        extra = ", ".join(trigger.captures[c.ngroups :])
         msgs.append(
-            f"captures names {n_caps} groups but the pattern has {c.ngroups}: "
-            f"{', '.join(trigger.captures[c.ngroups :])} will be empty"
+            f"captures names {n_caps} groups but the pattern has {c.ngroups}: {extra} will be empty"
         )
-    dup = set(trigger.captures) & set(c.groupindex)
-    for name in sorted(dup):
+    for name in sorted(set(trigger.captures) & set(c.groupindex)):
         if trigger.captures.index(name) + 1 != c.groupindex[name]:
-            msgs.append(f"captures name {name!r} is also a different (?P<{name}>...) group")
-    try:
-        if c.py.search("") is not None and c.py.search("\x00\x01 \x7f") is not None:
-            msgs.append("it matches the empty string, so it matches (nearly) every line")
-    except RecursionError:  # pragma: no cover
-        pass
+            msgs.append(f"captures name {name!r} is also another group's (?P<{name}>...) name")
+    if c.py.search("") is not None and c.py.search("\x00\x01 \x7f") is not None:
+        msgs.append("it matches the empty string, so it matches (nearly) every line")
     return c.engine, ("; ".join(msgs) if msgs else None)
 
 
 def match_line(
     trigger: RegexTrigger, line: str, *, path: str = "", lineno: int = 1
 ) -> Optional[LineMatch]:
-    """The first match of ``trigger`` in ``line`` (for replay / test-pattern), or None.
-    ``line`` is one line; if it holds terminators, the first matching line of it counts.
-    Raises PatternError for an invalid pattern."""
-    mm = _single(trigger)
-    data = line.encode("utf-8", "surrogatepass")
-    res = mm.scan(Chunk(path=path, data=data, offset=0, lineno=lineno))
+    """The match of ``trigger`` in one ``line`` (for replay / test-pattern), or None. If
+    ``line`` holds terminators, the first line of it that matches counts. Raises
+    :class:`PatternError` for an invalid pattern."""
+    res = _single(trigger).scan(
+        Chunk(path=path, data=line.encode("utf-8", "surrogatepass"), offset=0, lineno=lineno)
+    )
     return res[0][1] if res else None
 
 
