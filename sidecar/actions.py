@@ -43,7 +43,7 @@ class JobContext:
     @classmethod
     def from_environ(
         cls, environ: Mapping[str, str], cwd: str, script: Optional[str] = None
-    ) -> "JobContext":
+    ) -> JobContext:
         job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
         if script is None:
             cmd = environ.get("SLURM_JOB_SCRIPT")  # not set by SLURM; allow users to hint
@@ -127,9 +127,7 @@ def _first_env(environ: Mapping[str, str], names: Tuple[str, ...]) -> Optional[s
     return None
 
 
-def prepare(
-    spec: ActionSpec, firing: Firing, ctx: JobContext, settings: Settings
-) -> Prepared:
+def prepare(spec: ActionSpec, firing: Firing, ctx: JobContext, settings: Settings) -> Prepared:
     """Turn one action of a firing into an Immediate result or a Process to run."""
     variables = base_variables(firing, ctx)
     timeout = spec.timeout if spec.timeout is not None else settings.action_timeout
@@ -138,9 +136,7 @@ def prepare(
         level = str(spec.params.get("level", "INFO")).upper()
         default_msg = f"{firing.watcher}: {firing.line or firing.event or firing.trigger}"
         message = _text(spec, "message", variables, default_msg) or default_msg
-        return Immediate(
-            ActionResult(t, True), {"kind": "log", "message": message, "level": level}
-        )
+        return Immediate(ActionResult(t, True), {"kind": "log", "message": message, "level": level})
     if t == "store_metric":
         name = _text(spec, "name", variables, firing.watcher) or firing.watcher
         raw = _text(spec, "value", variables, variables.get("1", variables.get("0", "")))
@@ -306,9 +302,7 @@ def _prepare_notify(
             urls.append(url)
         urls.extend(n.urls)
         if not urls:
-            return Immediate(
-                ActionResult(t, False, error="no url: give url=... or [notify] urls")
-            )
+            return Immediate(ActionResult(t, False, error="no url: give url=... or [notify] urls"))
     env = dict(ctx.environ)
     env["SIDECAR_NOTIFY_URLS"] = "\n".join(urls)
     env["SIDECAR_NOTIFY_TITLE"] = title
@@ -334,15 +328,17 @@ def slack_url(hook: str, channel: str = "") -> str:
     """Slack webhooks may be given as https://hooks.slack.com/... (apprise parses those),
     as an apprise URL (slack://, json://, ...), or as any other http(s) URL, which is then
     posted to as JSON (a Slack-compatible endpoint such as Mattermost's)."""
-    if hook.startswith("https://hooks.slack.com/") or "://" in hook and not hook.startswith(
-        ("http://", "https://")
+    if (
+        hook.startswith("https://hooks.slack.com/")
+        or "://" in hook
+        and not hook.startswith(("http://", "https://"))
     ):
         url = hook
         if channel and hook.startswith("slack://"):
             url = hook.rstrip("/") + "/" + channel.lstrip("/")
         return url
     if hook.startswith("https://"):
-        return "jsons://" + hook[len("https://"):]
+        return "jsons://" + hook[len("https://") :]
     if hook.startswith("http://"):
-        return "json://" + hook[len("http://"):]
+        return "json://" + hook[len("http://") :]
     return hook

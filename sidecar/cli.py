@@ -20,9 +20,24 @@ from sidecar import __version__
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 COMMANDS = (
-    "run", "check", "status", "pause", "resume", "trigger", "reload", "attach",
+    "run",
+    "check",
+    "status",
+    "pause",
+    "resume",
+    "trigger",
+    "reload",
+    "attach",
     # the cockpit (sidecar/cli_cockpit.py)
-    "events", "stats", "metrics", "report", "test-pattern", "schema", "init", "replay", "convert",
+    "events",
+    "stats",
+    "metrics",
+    "report",
+    "test-pattern",
+    "schema",
+    "init",
+    "replay",
+    "convert",
 )
 
 
@@ -120,7 +135,11 @@ def _load(args: argparse.Namespace) -> Any:
         return load_script(script)
     if not cfg_path:
         raise ConfigError(
-            [Problem("sidecar", "no config given", hint="sidecar CONFIG.toml or --from-script JOB.sh")]
+            [
+                Problem(
+                    "sidecar", "no config given", hint="sidecar CONFIG.toml or --from-script JOB.sh"
+                )
+            ]
         )
     if not os.path.exists(cfg_path):
         raise ConfigError([Problem(cfg_path, "no such file")])
@@ -257,8 +276,13 @@ def _merged_loader(args: argparse.Namespace, dropin_dir: Callable[[], Optional[s
             if clash:
                 raise ConfigError(
                     [
-                        Problem(str(w.origin.file), f"watcher name {w.name!r} is taken", w.origin.line,
-                                w.name, "rename it")
+                        Problem(
+                            str(w.origin.file),
+                            f"watcher name {w.name!r} is taken",
+                            w.origin.line,
+                            w.name,
+                            "rename it",
+                        )
                         for w in clash
                     ]
                 )
@@ -305,7 +329,9 @@ def cmd_control(args: argparse.Namespace) -> int:
     for sc in targets:
         path = control.send(sc, args.command, watcher)
         if control.wait_taken(path):
-            print(f"{args.command} {watcher or ''}: taken by sidecar pid {sc.pid}".replace("  ", " "))
+            print(
+                f"{args.command} {watcher or ''}: taken by sidecar pid {sc.pid}".replace("  ", " ")
+            )
         else:
             print(f"sidecar pid {sc.pid} has not taken the command yet ({path})", file=sys.stderr)
             rc = EXIT_FAIL

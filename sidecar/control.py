@@ -145,11 +145,14 @@ def format_status(rows: List[Dict[str, Any]]) -> str:
         ws = r["watchers"]
         if ws:
             wn = max(len(n) for n in ws)
-            out.append(f"  {'WATCHER'.ljust(wn)}  {'STATE':9}  {'TRIGGER':10}  MATCHES  FIRED  LAST")
+            out.append(
+                f"  {'WATCHER'.ljust(wn)}  {'STATE':9}  {'TRIGGER':10}  MATCHES  FIRED  LAST"
+            )
             for n, w in ws.items():
                 out.append(
                     f"  {n.ljust(wn)}  {str(w.get('state')):9}  {str(w.get('trigger')):10}  "
-                    f"{w.get('matches', 0):7}  {w.get('triggers', 0):5}  {w.get('last_event') or '-'}"
+                    f"{w.get('matches', 0):7}  {w.get('triggers', 0):5}  "
+                    f"{w.get('last_event') or '-'}"
                 )
         fs = r["files"]
         if fs:

@@ -32,7 +32,6 @@ from sidecar.model import (
 )
 from sidecar.triggers import (
     Firing,
-    Skip,
     StaleTracker,
     StateChange,
     WatcherRuntime,
@@ -57,7 +56,7 @@ _WRITE_KINDS = (FileEventKind.CREATE, FileEventKind.MODIFY)
 class _SourceRule:
     watcher: Watcher
     directory: str  # absolute
-    regex: Optional["re.Pattern[str]"]
+    regex: Optional[re.Pattern[str]]
     names: frozenset  # type: ignore[type-arg]
     recursive: bool
 
@@ -192,7 +191,9 @@ class Engine:
             self.rules.append(_SourceRule(w, d, regex, names, src.recursive))
 
     def _record(self, kind: str, **fields: Any) -> None:
-        rec = Record(kind=kind, job_id=self.ctx.job_id, host=self.ctx.host, pid=os.getpid(), **fields)
+        rec = Record(
+            kind=kind, job_id=self.ctx.job_id, host=self.ctx.host, pid=os.getpid(), **fields
+        )
         self.eventlog.write(rec)
 
     def _open(self) -> None:
@@ -220,9 +221,7 @@ class Engine:
         if self._backend_arg is not None:
             self.backend = self._backend_arg
         else:
-            self.backend = make_backend(
-                self.settings.backend, self._poll_interval(), self.log
-            )
+            self.backend = make_backend(self.settings.backend, self._poll_interval(), self.log)
         if self.install_signals:
             signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
             for s in (signal.SIGTERM, signal.SIGINT):
@@ -256,8 +255,15 @@ class Engine:
         if prev is None:
             return
         pid = int(prev.get("pid") or 0)
-        if pid and pid != os.getpid() and stmod.pid_alive(pid) and prev.get("host") == self.ctx.host:
-            self.log.warning("another sidecar keeps this state file; not resuming", pid=pid, state=path)
+        if (
+            pid
+            and pid != os.getpid()
+            and stmod.pid_alive(pid)
+            and prev.get("host") == self.ctx.host
+        ):
+            self.log.warning(
+                "another sidecar keeps this state file; not resuming", pid=pid, state=path
+            )
             self.state_path = path[: -len(".json")] + f"-{os.getpid()}.json"
             self.control_dir = stmod.control_dir(self.state_path)
             return
@@ -269,9 +275,17 @@ class Engine:
             rt.trigger_count = int(w.get("triggers", 0) or 0)
             rt.matches = int(w.get("matches", 0) or 0)
             st = w.get("state")
-            if st in (WatcherState.PAUSED.value, WatcherState.TRIGGERED.value, WatcherState.DISABLED.value):
+            if st in (
+                WatcherState.PAUSED.value,
+                WatcherState.TRIGGERED.value,
+                WatcherState.DISABLED.value,
+            ):
                 rt.state = WatcherState(st)
-        self._resumed_from = {"pid": pid, "updated": prev.get("updated"), "files": len(self._resume)}
+        self._resumed_from = {
+            "pid": pid,
+            "updated": prev.get("updated"),
+            "files": len(self._resume),
+        }
 
     def _is_excluded(self, path: str) -> bool:
         if path in self._excluded:
@@ -508,8 +522,13 @@ class Engine:
         self._started_iso = utc_now_iso()
         resumed = getattr(self, "_resumed_from", None)
         if resumed:
-            self._record("warning", reason="resumed", message="resuming where a previous sidecar "
-                         f"stopped ({resumed['files']} file position(s))", extra=resumed)
+            self._record(
+                "warning",
+                reason="resumed",
+                message="resuming where a previous sidecar "
+                f"stopped ({resumed['files']} file position(s))",
+                extra=resumed,
+            )
         self.started = True
         self._initial_scan()
         for path in list(self.files):
@@ -675,7 +694,10 @@ class Engine:
         elif what == "trigger":
             if self.trigger_manually(rt.name) is None:
                 self._record(
-                    "skipped", watcher=rt.name, trigger="manual", reason=rt.state.value.lower(),
+                    "skipped",
+                    watcher=rt.name,
+                    trigger="manual",
+                    reason=rt.state.value.lower(),
                     message="manual trigger not run: watcher is " + rt.state.value,
                 )
             ch = None
@@ -766,15 +788,22 @@ class Engine:
                 continue
             if ev.kind != FileEventKind.ATTRIBUTE and (
                 path in self._config_paths
-                or (self.dropin_dir and path.startswith(self._dropin_abs) and path.endswith(".toml"))
+                or (
+                    self.dropin_dir and path.startswith(self._dropin_abs) and path.endswith(".toml")
+                )
             ):
                 self._reload_pending = True
             st = self.files.get(path)
-            if st is None and not ev.is_dir and ev.kind in (
-                FileEventKind.CREATE,
-                FileEventKind.MODIFY,
-                FileEventKind.CLOSE,
-                FileEventKind.ATTRIBUTE,
+            if (
+                st is None
+                and not ev.is_dir
+                and ev.kind
+                in (
+                    FileEventKind.CREATE,
+                    FileEventKind.MODIFY,
+                    FileEventKind.CLOSE,
+                    FileEventKind.ATTRIBUTE,
+                )
             ):
                 st = self._discover(path, existing=False)
             if st is None:
@@ -1031,8 +1060,7 @@ class Engine:
                     action=s.type,
                     firing=chain.firing.seq,
                     reason="queue_full",
-                    message=f"action queue full ({self.settings.queue_length} pending): "
-                    "not run",
+                    message=f"action queue full ({self.settings.queue_length} pending): not run",
                 )
             break
         self.chains.pop(chain.firing.seq, None)
@@ -1074,10 +1102,12 @@ class Engine:
         if detail:
             fields["extra"] = detail
         self._record(kind, **fields)
-        k = extra.get("kind")
-        if k in ("metric", "log"):
+        sub_kind = extra.get("kind")
+        if sub_kind in ("metric", "log"):
             rec_fields = {key: v for key, v in extra.items() if key != "kind"}
-            self._record(str(k), watcher=chain.firing.watcher, firing=chain.firing.seq, **rec_fields)
+            self._record(
+                str(sub_kind), watcher=chain.firing.watcher, firing=chain.firing.seq, **rec_fields
+            )
 
     def _after_action(
         self, chain: _Chain, result: ActionResult, effect: Optional[Tuple[str, str]]
@@ -1143,7 +1173,9 @@ class Engine:
             end = rt.rate_window_end()
             if end is not None and now >= end:
                 self._flush_skipped(rt)
-        if self._state_dirty_at is not None and now >= max(self._state_dirty_at, self._last_save + 1.0):
+        if self._state_dirty_at is not None and now >= max(
+            self._state_dirty_at, self._last_save + 1.0
+        ):
             self.save_state()
         if self._pid_poll_at is not None and now >= self._pid_poll_at:
             self._pid_poll_at = now + 2.0

@@ -15,7 +15,7 @@ import structlog
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-def configure(level: str = "info", stream: "TextIO | None" = None, json: "bool | None" = None) -> None:
+def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
     stream = stream or sys.stderr
     if json is None:
         json = not (hasattr(stream, "isatty") and stream.isatty())

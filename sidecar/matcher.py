@@ -1130,8 +1130,12 @@ class MultiMatcher:
             s, e = spans[0]
             if line_ascii:
                 text = line[s - base : e - base]
-                if len(spans) == 1:
+                ns = len(spans)
+                if ns == 1:
                     groups = ()
+                elif ns == 2:
+                    a, b = spans[1]
+                    groups = (None if a < 0 else line[a - base : b - base],)
                 else:
                     groups = tuple(
                         None if a < 0 else line[a - base : b - base] for a, b in spans[1:]

@@ -187,6 +187,6 @@ class Problem:
 class ConfigError(Exception):
     """Raised by the loaders with every problem found (not just the first)."""
 
-    def __init__(self, problems: "list[Problem] | Tuple[Problem, ...]") -> None:
+    def __init__(self, problems: list[Problem] | Tuple[Problem, ...]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))

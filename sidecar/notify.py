@@ -13,14 +13,14 @@ import os
 import sys
 
 
-def send(urls: "list[str]", title: str, body: str) -> "tuple[bool, str]":
+def send(urls: list[str], title: str, body: str) -> tuple[bool, str]:
     import apprise
 
     ap = apprise.Apprise()
     bad = [u for u in urls if not ap.add(u)]
     if bad:
         return False, "not a valid notification URL: " + ", ".join(_redact(u) for u in bad)
-    with apprise.LogCapture(level=apprise.logging.WARNING) as output:
+    with apprise.LogCapture(level=apprise.logging.WARNING) as output:  # type: ignore[no-untyped-call]
         ok = bool(ap.notify(title=title, body=body))
         detail = output.getvalue().strip()
     return ok, detail

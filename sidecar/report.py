@@ -38,9 +38,11 @@ def _source_text(w: Watcher, cwd: str) -> Tuple[str, List[str]]:
                 found.append(ap)
     else:
         rx = re.compile(src.filepath_regex or "")
-        what = f"{d}/ files matching {src.filepath_regex!r}" + (" (recursive)" if src.recursive else "")
+        what = f"{d}/ files matching {src.filepath_regex!r}" + (
+            " (recursive)" if src.recursive else ""
+        )
         if os.path.isdir(d):
-            for root, dirs, files in os.walk(d):
+            for root, _dirs, files in os.walk(d):
                 for f in files:
                     rel = os.path.relpath(os.path.join(root, f), d)
                     if rx.search(rel):

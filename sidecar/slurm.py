@@ -29,8 +29,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from sidecar.log import get_logger
-
 # ---------------------------------------------------------------------------- options
 # arg: "r" required, "o" optional (only as --name=value), "n" none
 _LONG: Dict[str, str] = {}
@@ -549,6 +547,8 @@ def output_files(
             real = _proc_stream(proc_root, job, fd)
             if real is not None and real != files[stream].path:
                 if not real.startswith("/dev/"):
+                    from sidecar.log import get_logger
+
                     get_logger(__name__).info(
                         "output file differs from the script's #SBATCH lines",
                         stream=stream,
@@ -699,6 +699,8 @@ def scancel(
 ) -> None:
     """Cancel a job. ``reason`` is only logged (scancel has no field for it). Raises
     ``SlurmError`` when scancel fails."""
+    from sidecar.log import get_logger
+
     argv = scancel_argv(job_id, signal)
     get_logger(__name__).info("scancel", job_id=job_id, reason=reason)
     res = _run(argv, run, timeout=timeout)

@@ -57,8 +57,10 @@ def default_state_path(
 
 def control_dir(state_path: str) -> str:
     """Where ``sidecar pause/resume/trigger`` drop commands for this sidecar."""
-    return state_path[: -len(".json")] + ".control" if state_path.endswith(".json") else (
-        state_path + ".control"
+    return (
+        state_path[: -len(".json")] + ".control"
+        if state_path.endswith(".json")
+        else (state_path + ".control")
     )
 
 

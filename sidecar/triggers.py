@@ -50,7 +50,9 @@ class StateChange:
 Outcome = Union[Firing, Skip, None]
 
 
-def match_variables(watcher: Watcher, m: LineMatch) -> Tuple[Dict[str, Optional[str]], Dict[str, str]]:
+def match_variables(
+    watcher: Watcher, m: LineMatch
+) -> Tuple[Dict[str, Optional[str]], Dict[str, str]]:
     """Captures (for the record and conditions) and substitution variables from a match.
 
     ``$0`` is the matched text, ``$1..$N`` the positional groups, then the names given by

@@ -45,7 +45,11 @@ class Daemon:
 
     def ready(self) -> bool:
         # the state file is written once the initial read is done
-        return any((self.cwd / ".sidecar").glob("*.json")) if (self.cwd / ".sidecar").exists() else False
+        return (
+            any((self.cwd / ".sidecar").glob("*.json"))
+            if (self.cwd / ".sidecar").exists()
+            else False
+        )
 
     def recs(self, kind: Optional[str] = None) -> List[Dict[str, Any]]:
         return [r for r in recs(self.log) if kind is None or r["kind"] == kind]
@@ -58,7 +62,7 @@ class Daemon:
         finally:
             self.p.communicate()
 
-    def cli(self, *args: str) -> "subprocess.CompletedProcess[str]":
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "sidecar.cli", *args],
             cwd=self.cwd,
@@ -92,7 +96,12 @@ def test_seed_example_config_end_to_end(tmp_path: Path, daemons: List[Daemon]) -
     wait_until(lambda: (tmp_path / "matched.err").exists() and (tmp_path / "matched.warn").exists())
     elapsed = time.monotonic() - t0
     (tmp_path / "main.rs").unlink()
-    wait_until(lambda: (tmp_path / "rust_files").exists() and len((tmp_path / "rust_files").read_text().splitlines()) >= 2)
+    wait_until(
+        lambda: (
+            (tmp_path / "rust_files").exists()
+            and len((tmp_path / "rust_files").read_text().splitlines()) >= 2
+        )
+    )
     assert d.stop() == 0
     assert (tmp_path / "matched.err").read_text() == "ERROR: rank 3 lost\n"
     assert (tmp_path / "matched.warn").read_text() == "WARN: slow step\n"
@@ -121,7 +130,9 @@ def test_own_event_log_and_state_are_never_watched(tmp_path: Path, daemons: List
     assert len([r for r in d.recs("match") if r["file"].endswith("x.txt")]) == 1
 
 
-def test_restart_after_sigkill_neither_repeats_nor_misses(tmp_path: Path, daemons: List[Daemon]) -> None:
+def test_restart_after_sigkill_neither_repeats_nor_misses(
+    tmp_path: Path, daemons: List[Daemon]
+) -> None:
     """Killed with SIGKILL and started again, the sidecar does not run actions again for lines
     it handled, and handles the lines written while it was down."""
     (tmp_path / "c.toml").write_text(
@@ -134,7 +145,12 @@ def test_restart_after_sigkill_neither_repeats_nor_misses(tmp_path: Path, daemon
     with open(log, "a") as fh:
         for i in range(50):
             fh.write(f"noise {i}\nHIT {i}\n")
-    wait_until(lambda: (tmp_path / "hits.txt").exists() and len((tmp_path / "hits.txt").read_text().splitlines()) == 50)
+    wait_until(
+        lambda: (
+            (tmp_path / "hits.txt").exists()
+            and len((tmp_path / "hits.txt").read_text().splitlines()) == 50
+        )
+    )
     d.stop(signal.SIGKILL)
     with open(log, "a") as fh:
         for i in range(50, 60):
@@ -228,7 +244,10 @@ def test_bad_config_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     )
     for args in (["c.toml"], ["check", "c.toml"]):
         r = subprocess.run(
-            [sys.executable, "-m", "sidecar.cli", *args], cwd=tmp_path, capture_output=True, text=True
+            [sys.executable, "-m", "sidecar.cli", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
         )
         assert r.returncode == 2
         assert "Traceback" not in r.stderr

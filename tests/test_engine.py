@@ -57,7 +57,9 @@ def backend(request: Any) -> str:
     return str(request.param)
 
 
-def start(tmp_path: Path, watchers: List[Watcher], backend: str = "inotify", **settings: Any) -> Running:
+def start(
+    tmp_path: Path, watchers: List[Watcher], backend: str = "inotify", **settings: Any
+) -> Running:
     log = tmp_path / "events.jsonl"
     st = Settings(backend=backend, poll_interval=0.05, event_log=str(log), **settings)
     eng = Engine(
@@ -85,15 +87,23 @@ def regex_watcher(name: str, pattern: str, cmd: str, **kw: Any) -> Watcher:
     return Watcher(
         name=name,
         source=Source(directory=".", filepath_regex=r"\.log$"),
-        trigger=RegexTrigger(pattern, **{k: v for k, v in kw.items() if k in ("captures", "condition")}),
+        trigger=RegexTrigger(
+            pattern, **{k: v for k, v in kw.items() if k in ("captures", "condition")}
+        ),
         actions=(ActionSpec("run_command", {"command": cmd}),),
         **{k: v for k, v in kw.items() if k not in ("captures", "condition")},
     )
 
 
-def test_regex_match_runs_command_with_haskell_env(tmp_path: Path, backend: str, running: List[Running]) -> None:
+def test_regex_match_runs_command_with_haskell_env(
+    tmp_path: Path, backend: str, running: List[Running]
+) -> None:
     """A line matching line_regex runs the command once, with NAME, FILE, DIRECTORY, MATCH."""
-    r = start(tmp_path, [regex_watcher("err", "ERROR", 'echo "$NAME|$FILE|$DIRECTORY|$MATCH" >> out.txt')], backend)
+    r = start(
+        tmp_path,
+        [regex_watcher("err", "ERROR", 'echo "$NAME|$FILE|$DIRECTORY|$MATCH" >> out.txt')],
+        backend,
+    )
     running.append(r)
     with open(tmp_path / "job.log", "a") as fh:
         fh.write("all fine\nERROR: disk on fire\n")
@@ -104,7 +114,11 @@ def test_regex_match_runs_command_with_haskell_env(tmp_path: Path, backend: str,
     kinds = [x["kind"] for x in r.recs()]
     assert kinds[0] == "start" and kinds[-1] == "stop"
     (match,) = r.recs("match")
-    assert match["line"] == "ERROR: disk on fire" and match["lineno"] == 2 and match["job_id"] == "4242"
+    assert (
+        match["line"] == "ERROR: disk on fire"
+        and match["lineno"] == 2
+        and match["job_id"] == "4242"
+    )
     (action,) = r.recs("action")
     assert action["ok"] is True and action["exit_code"] == 0 and action["firing"] == match["firing"]
 
@@ -143,7 +157,12 @@ def test_captured_text_never_runs_as_shell(tmp_path: Path, running: List[Running
 def test_condition_and_max_triggers(tmp_path: Path, running: List[Running]) -> None:
     """Only lines meeting the condition fire; after max_triggers the watcher is TRIGGERED."""
     w = regex_watcher(
-        "loss", r"loss: ([\d.]+)", "true", captures=("loss",), condition="float(loss) > 5", max_triggers=2
+        "loss",
+        r"loss: ([\d.]+)",
+        "true",
+        captures=("loss",),
+        condition="float(loss) > 5",
+        max_triggers=2,
     )
     r = start(tmp_path, [w])
     running.append(r)
@@ -169,7 +188,9 @@ def test_rate_limit_counts_what_it_skips(tmp_path: Path, running: List[Running])
     assert sum(x["extra"]["count"] for x in skipped) == 7
 
 
-def test_stale_fires_once_per_spell_and_rearms(tmp_path: Path, backend: str, running: List[Running]) -> None:
+def test_stale_fires_once_per_spell_and_rearms(
+    tmp_path: Path, backend: str, running: List[Running]
+) -> None:
     """No write for `timeout` seconds fires once; a write re-arms it."""
     f = tmp_path / "train.log"
     f.write_text("start\n")
@@ -252,7 +273,11 @@ def test_action_timeout_kills_process_group(tmp_path: Path, running: List[Runnin
         name="hang",
         source=Source(directory=".", filepath_regex=r"\.log$"),
         trigger=RegexTrigger("GO"),
-        actions=(ActionSpec("run_command", {"command": "sleep 100 & echo $! > child.pid; wait"}, timeout=0.5),),
+        actions=(
+            ActionSpec(
+                "run_command", {"command": "sleep 100 & echo $! > child.pid; wait"}, timeout=0.5
+            ),
+        ),
     )
     r = start(tmp_path, [w])
     running.append(r)
@@ -278,7 +303,9 @@ def test_action_timeout_kills_process_group(tmp_path: Path, running: List[Runnin
     r.stop()
 
 
-def test_stop_reads_what_is_left_and_flushes_partial(tmp_path: Path, running: List[Running]) -> None:
+def test_stop_reads_what_is_left_and_flushes_partial(
+    tmp_path: Path, running: List[Running]
+) -> None:
     """At stop, lines written just before and a last line without newline are still matched."""
     r = start(tmp_path, [regex_watcher("e", "END", "true")])
     running.append(r)
