@@ -29,8 +29,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 class Procs:
     """Every process a benchmark starts goes through here, so that :meth:`cleanup` (called
-    from ``finally``, also on Ctrl-C and SIGTERM) can end them. Each runs in its own session;
-    only processes started here are ever signalled, by pid / their own process group."""
+    from ``finally``, also on Ctrl-C and SIGTERM) can end them. Each runs in its own process
+    group; only processes started here are ever signalled, by pid / their own group."""
 
     def __init__(self) -> None:
         self._procs: List["subprocess.Popen[bytes]"] = []
@@ -46,13 +46,21 @@ class Procs:
         stdout: Any = subprocess.DEVNULL,
         stderr: Any = subprocess.DEVNULL,
     ) -> "subprocess.Popen[bytes]":
+        # Own process group (to be killed as one), but the same session as this benchmark:
+        # with autogroup scheduling (sched_autogroup_enabled=1) niceness only counts between
+        # processes of one session, and a sidecar started by a batch script shares the job's.
+        kw: Dict[str, Any] = {}
         preexec: Optional[Callable[[], None]] = None
-        if nice:
+        if nice or sys.version_info < (3, 11):
             n = nice
 
             def preexec() -> None:
-                os.nice(n)
+                os.setpgid(0, 0)
+                if n:
+                    os.nice(n)
 
+        else:
+            kw["process_group"] = 0
         p = subprocess.Popen(
             list(args),
             cwd=cwd,
@@ -60,8 +68,8 @@ class Procs:
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
-            start_new_session=True,
             preexec_fn=preexec,
+            **kw,
         )
         with self._lock:
             self._procs.append(p)

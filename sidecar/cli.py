@@ -316,7 +316,11 @@ def cmd_control(args: argparse.Namespace) -> int:
             _print_problems(exc)
             return EXIT_CONFIG
         for sc in found:
-            print(f"{control.attach(sc, args.file)}")
+            try:
+                print(f"{control.attach(sc, args.file)}")
+            except OSError as exc:
+                print(f"sidecar: cannot attach to sidecar pid {sc.pid}: {exc}", file=sys.stderr)
+                return EXIT_FAIL
         return EXIT_OK
     watcher = getattr(args, "watcher", None)
     targets = found
@@ -327,7 +331,12 @@ def cmd_control(args: argparse.Namespace) -> int:
             return EXIT_FAIL
     rc = EXIT_OK
     for sc in targets:
-        path = control.send(sc, args.command, watcher)
+        try:
+            path = control.send(sc, args.command, watcher)
+        except OSError as exc:
+            print(f"sidecar: cannot reach sidecar pid {sc.pid}: {exc}", file=sys.stderr)
+            rc = EXIT_FAIL
+            continue
         if control.wait_taken(path):
             print(
                 f"{args.command} {watcher or ''}: taken by sidecar pid {sc.pid}".replace("  ", " ")

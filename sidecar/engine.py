@@ -653,7 +653,7 @@ class Engine:
             return sorted(
                 os.path.join(self.control_dir, n)
                 for n in os.listdir(self.control_dir)
-                if n.endswith(".json")
+                if n.endswith(".json") and not n.startswith(".")
             )
         except OSError:
             return []
@@ -783,7 +783,9 @@ class Engine:
                 continue
             path = ev.path
             if self.control_dir and path.startswith(self.control_dir + os.sep):
-                if ev.kind in (FileEventKind.CREATE, FileEventKind.CLOSE, FileEventKind.MODIFY):
+                # commands are written to a hidden temporary file, then renamed into place
+                base = os.path.basename(path)
+                if ev.kind == FileEventKind.CREATE and base.endswith(".json") and base[0] != ".":
                     self._control(path)
                 continue
             if ev.kind != FileEventKind.ATTRIBUTE and (

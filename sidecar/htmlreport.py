@@ -384,7 +384,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bott
 .meta{color:#555;font-size:.9em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #eee}
-th{background:#f4f4f4}td.num,th.num{text-align:right}
+th{background:#f4f4f4}td.num,th.num{text-align:right}td.t{white-space:nowrap}
 table.events td.what{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;
 word-break:break-all}
 tr.kind-error td,tr.failed td{background:#fde8e8}tr.kind-warning td{background:#fff8e1}
@@ -447,7 +447,7 @@ def render_report(
     st = acc.result()
     multi_job = len(st["jobs"]) > 1
     multi_host = len(st["hosts"]) > 1
-    zone = "UTC" if utc else time.strftime("%Z (UTC%z)")
+    zone = "UTC" if utc else _zone_name()
     heading = title or ("sidecar report" + (f": {source}" if source else ""))
 
     o: List[str] = [
@@ -549,7 +549,8 @@ def render_report(
             finite = [v for _, v in xy if math.isfinite(v)]
             nonfin = len(xy) - len(finite)
             last = pts[-1].value
-            stats_txt = f"{len(pts)} points, last {clean_text(str(last))}"
+            last_txt = _fmt_num(last) if isinstance(last, float) else clean_text(str(last))
+            stats_txt = f"{len(pts)} points, last {last_txt}"
             if finite:
                 stats_txt += f", min {_fmt_num(min(finite))}, max {_fmt_num(max(finite))}"
             if nonfin:
@@ -620,7 +621,7 @@ def render_report(
                 src = f' <span class="src">{_e(f.rsplit("/", 1)[-1] + ln)}</span>'
             o.append(
                 f'<tr class="ev {cls}" data-kind="{_e(kind)}">'
-                f"<td>{_e(format_time(r.get('ts'), utc))}</td>"
+                f"<td class=\"t\">{_e(format_time(r.get('ts'), utc))}</td>"
                 + (f"<td>{_e(r.get('job_id'))}</td>" if multi_job else "")
                 + (f"<td>{_e(r.get('host'))}</td>" if multi_host else "")
                 + f"<td>{_e(r.get('watcher') or '')}</td><td>{_e(kind)}</td>"
@@ -631,6 +632,13 @@ def render_report(
     o.append(f'<p class="note">Times are {_e(zone)}. Made by sidecar report.</p>')
     o.append("</body></html>\n")
     return "\n".join(o)
+
+
+def _zone_name() -> str:
+    name, off = time.strftime("%Z"), time.strftime("%z")
+    if off in ("+0000", "-0000") and name in ("UTC", "GMT", ""):
+        return "UTC"
+    return f"{name} (UTC{off[:3]}:{off[3:]})" if name else f"UTC{off[:3]}:{off[3:]}"
 
 
 def _is_log(series: Sequence[Tuple[str, Sequence[Tuple[float, float]]]]) -> bool:

@@ -170,10 +170,10 @@ _NEVER_WIDE = "[^\\x{0}-\\x{ff}]"
 _WIDE_CHAR = "[\\x{80}-\\x{ff}]+"  # stands for any non-ASCII character in the wide forms
 _WIDE_ANY = "(?:[\\x{0}-\\x{9}\\x{b}-\\x{7f}]|" + _WIDE_CHAR + ")"
 
-#: (?i) in Python also matches these for an ASCII letter (RE2 agrees, except for the dotless
-#: i, which Python puts with I and i and RE2 does not; we emit Python's meaning)
-_EXOTIC_FOLDS: Dict[str, Tuple[int, ...]] = {"k": (0x212A,), "s": (0x17F,), "i": (0x131,)}
-_DOTI = (0x49, 0x69, 0x131)
+#: (?i) in Python also matches these for an ASCII letter. RE2 agrees for k and s; Python puts
+#: I, i, dotted I and dotless i together, RE2 only I and i (we emit Python's meaning)
+_EXOTIC_FOLDS: Dict[str, Tuple[int, ...]] = {"k": (0x212A,), "s": (0x17F,), "i": (0x130, 0x131)}
+_DOTI = (0x49, 0x69, 0x130, 0x131)
 
 # Python's Unicode \s (str.isspace) as ranges, without \n (lines never contain it).
 _SPACE_RANGES: Tuple[Span, ...] = (
@@ -464,7 +464,7 @@ class _Emitter:
                 return "[" + _esc(ord(ch.lower())) + _esc(ord(ch.upper())) + "]"
             return _esc(c)
         if c in _DOTI:
-            return "[Ii\\x{131}]"
+            return "[Ii\\x{130}\\x{131}]"
         return "(?i:" + _esc(c) + ")"
 
     def klass(self, items: Any, flags: int) -> str:
@@ -579,7 +579,7 @@ def _has_capture(items: Any) -> bool:
 
 
 def _first_chars(items: Any) -> Optional[FrozenSet[int]]:
-    """Literal code points a match can start with; None = unknown (anything, or empty)."""
+    """Code points a match can start with (-1: it can be empty); None = unknown/anything."""
     for op, av in items:
         if op is _LITERAL:
             return frozenset((av,))
@@ -588,7 +588,7 @@ def _first_chars(items: Any) -> Optional[FrozenSet[int]]:
         if op is _IN and all(o is _LITERAL for o, _ in av):
             return frozenset(a for _, a in av)
         return None
-    return None
+    return frozenset((-1,))
 
 
 def _danger(items: Any, in_repeat: bool = False) -> Optional[str]:
@@ -617,9 +617,8 @@ def _danger(items: Any, in_repeat: bool = False) -> Optional[str]:
 
 
 def _branch_overlap(items: Any) -> Optional[str]:
+    """An alternation (outside nested repeats) where two branches can start alike."""
     for op, av in items:
-        if op is _SUBPATTERN:
-            return _branch_overlap(av[3])
         if op is _BRANCH:
             firsts = [_first_chars(alt) for alt in av[1]]
             for i in range(len(firsts)):
@@ -627,7 +626,11 @@ def _branch_overlap(items: Any) -> Optional[str]:
                     a, b = firsts[i], firsts[j]
                     if a is None or b is None or a & b:
                         return "a repeated alternation whose branches overlap (like (a|a)*)"
-        return None
+        if op not in _REPEATS:
+            for ch in _children(op, av):
+                r = _branch_overlap(ch)
+                if r:
+                    return r
     return None
 
 
@@ -833,6 +836,41 @@ def _compile(pattern: str, ignore_case: bool) -> _Compiled:
 # ---------------------------------------------------------------------------------------------
 # Rules and scan plans.
 
+_LM_FIELDS = ("path", "lineno", "line", "text", "groups", "named")
+
+
+def _lm_fast_ok() -> bool:
+    """LineMatch is a plain frozen dataclass with exactly these fields (no slots, no
+    __post_init__): then an instance can be filled in directly, 2-3x faster than through its
+    generated __init__ (which calls object.__setattr__ once per field)."""
+    import dataclasses
+
+    try:
+        names = tuple(f.name for f in dataclasses.fields(LineMatch))
+    except TypeError:  # pragma: no cover
+        return False
+    return (
+        names == _LM_FIELDS
+        and "__slots__" not in LineMatch.__dict__
+        and not hasattr(LineMatch, "__post_init__")
+    )
+
+
+def _new_line_match_fast(
+    path: str,
+    lineno: int,
+    line: str,
+    text: str,
+    groups: Tuple[Optional[str], ...],
+    named: Dict[str, Optional[str]],
+) -> LineMatch:
+    lm = object.__new__(LineMatch)
+    lm.__dict__.update(path=path, lineno=lineno, line=line, text=text, groups=groups, named=named)
+    return lm
+
+
+_new_line_match: Callable[..., LineMatch] = _new_line_match_fast if _lm_fast_ok() else LineMatch
+
 # How a candidate becomes a result:
 _V_NONE = 0  # the wide exact form's spans are the result on an ASCII line (else: _V_RE2)
 _V_RE2 = 1  # run the UTF-8 exact form on the line
@@ -843,8 +881,12 @@ Hit = Tuple[int, int, int, int, Any]  # line start, rule index, line end, _V_*, 
 _hit_order = itemgetter(0, 1)
 
 
+def _no_names(groups: Tuple[Optional[str], ...]) -> Dict[str, Optional[str]]:
+    return {}
+
+
 class _Rule:
-    __slots__ = ("key", "index", "c", "names", "simple_names")
+    __slots__ = ("key", "index", "c", "named")
 
     def __init__(self, key: Hashable, index: int, trigger: RegexTrigger) -> None:
         self.key = key
@@ -855,16 +897,16 @@ class _Rule:
         ]
         for i, name in enumerate(trigger.captures):
             items.append((name, i if i < self.c.ngroups else None))
-        self.names: Tuple[Tuple[str, Optional[int]], ...] = tuple(items)
-        # the common case: captures name the first groups, nothing else is named
-        self.simple_names: Optional[Tuple[str, ...]] = None
-        if not self.c.groupindex and all(i == j for j, (_n, i) in enumerate(items)):
-            self.simple_names = tuple(n for n, _i in items)
-
-    def named(self, groups: Tuple[Optional[str], ...]) -> Dict[str, Optional[str]]:
-        if self.simple_names is not None:
-            return dict(zip(self.simple_names, groups))
-        return {n: (None if i is None else groups[i]) for n, i in self.names}
+        names = tuple(items)
+        #: groups -> LineMatch.named
+        self.named: Callable[[Tuple[Optional[str], ...]], Dict[str, Optional[str]]]
+        if not names:
+            self.named = _no_names
+        elif len(names) == 1 and names[0][1] == 0:
+            only = names[0][0]
+            self.named = lambda g: {only: g[0]}
+        else:
+            self.named = lambda g: {n: (None if i is None else g[i]) for n, i in names}
 
 
 class _Pass:
@@ -1084,6 +1126,7 @@ class MultiMatcher:
         lineno = chunk.lineno
         count = buf.count
         U = _UNANCHORED
+        new = _new_line_match
         last = 0
         cur = -1
         prev_idx = -1
@@ -1124,8 +1167,7 @@ class MultiMatcher:
                 if m is None:
                     continue
                 groups = m.groups()
-                named = r.named(groups) if r.names else {}
-                out.append((r.key, LineMatch(path, lineno, line, m.group(), groups, named)))
+                out.append((r.key, new(path, lineno, line, m.group(), groups, r.named(groups))))
                 continue
             s, e = spans[0]
             if line_ascii:
@@ -1145,8 +1187,7 @@ class MultiMatcher:
                 groups = tuple(
                     None if a < 0 else src[a:b].decode("utf-8", "replace") for a, b in spans[1:]
                 )
-            named = r.named(groups) if r.names else {}
-            out.append((r.key, LineMatch(path, lineno, line, text, groups, named)))
+            out.append((r.key, new(path, lineno, line, text, groups, r.named(groups))))
         return out
 
     # -- the slow path: line by line with Python re (no re2, or a bug above) ------------------
@@ -1158,8 +1199,9 @@ class MultiMatcher:
                 m = r.c.py.search(line)
                 if m is not None:
                     groups = m.groups()
-                    named = r.named(groups) if r.names else {}
-                    lm = LineMatch(chunk.path, chunk.lineno + i, line, m.group(), groups, named)
+                    lm = LineMatch(
+                        chunk.path, chunk.lineno + i, line, m.group(), groups, r.named(groups)
+                    )
                     out.append((r.key, lm))
         return out
 

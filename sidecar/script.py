@@ -160,7 +160,7 @@ def _read_quoted(s: str, i: int) -> Tuple[str, int]:
 
 
 def _skip_quoted(s: str, i: int) -> int:
-    """Index after the quoted string at ``s[i]`` (escapes honoured); len(s) if unclosed."""
+    """Index after the quoted string at ``s[i]`` (escapes honoured); -1 if it is not closed."""
     q, j, n = s[i], i + 1, len(s)
     while j < n:
         if s[j] == "\\":
@@ -169,7 +169,7 @@ def _skip_quoted(s: str, i: int) -> int:
         if s[j] == q:
             return j + 1
         j += 1
-    return n
+    return -1
 
 
 def _scan_bare(s: str, i: int, stop: Callable[[str], bool]) -> int:
@@ -189,7 +189,16 @@ def _scan_bare(s: str, i: int, stop: Callable[[str], bool]) -> int:
                 break
             stack.pop()
         elif c in "\"'" and stack:
-            j = _skip_quoted(s, j)
+            k = _skip_quoted(s, j)
+            if k < 0:
+                raise _Bad(
+                    f"unterminated {c} quote in {s[i:n].strip()[:60]!r}",
+                    f"close the string; write \\{c} for a {c} inside it",
+                )
+            j = k
+            continue
+        elif c == "\\":
+            j += 2
             continue
         j += 1
     if stack:
@@ -284,10 +293,7 @@ def _strip_comment(s: str) -> str:
         c = s[i]
         if c in "\"'":
             j = _skip_quoted(s, i)
-            if j < n or (j == n and s.endswith(c) and j - 1 > i):
-                i = j
-                continue
-            i += 1  # a lone quote: an ordinary character
+            i = j if j > 0 else i + 1  # a lone quote is an ordinary character
             continue
         if c == "#" and i > 0 and s[i - 1].isspace():
             return s[:i].rstrip()
@@ -478,12 +484,17 @@ def _inline(raw: _Raw, s: str, lineno: int, filename: str, problems: List[Proble
                         "put a space between key=value pairs, or quote the whole value",
                     )
                 value = _V("quoted", text, raw=s[i:j])
-            elif s[i] == "[":
+            elif s[i] == "[" and KEY_ALIASES.get(key, key) in ("captures", "actions", "action"):
                 value, j = _parse_list(s, i)
                 if j < n and not s[j].isspace():
                     raise _Bad(f"unexpected text after the list of {key}: {s[j : j + 20]!r}")
+            elif KEY_ALIASES.get(key, key) in ("action", "actions"):
+                j = _scan_bare(s, i, str.isspace)  # name(args with spaces, "quotes")
+                value = _V("bare", s[i:j], raw=s[i:j])
             else:
-                j = _scan_bare(s, i, str.isspace)
+                j = i
+                while j < n and not s[j].isspace():
+                    j += 1
                 value = _V("bare", s[i:j], raw=s[i:j])
         except _Bad as exc:
             problems.append(
@@ -574,9 +585,11 @@ def _scalar(v: _V) -> Any:
 
 
 def _as_text(v: _V, what: str) -> str:
+    """The value as text: a list or dict written where text is expected is taken as it was
+    written (``# pattern: [0-9]+`` is a regex, not a list)."""
     if v.kind in ("quoted", "bare"):
         return v.text
-    raise _Bad(f"{what} must be a string, not {v.describe()}", f'write {what}="..."')
+    return v.raw
 
 
 def _as_bool(v: _V, what: str) -> bool:
@@ -759,6 +772,8 @@ def _action_spec(name: str, raw_params: Mapping[str, _V]) -> ActionSpec:
             )
         if "command" in params and "cmd" in params:
             raise _Bad("run_command: give command or cmd, not both")
+        if "cmd" in params:  # the Haskell Sidecar's name; one spelling in the model
+            params["command"] = params.pop("cmd")
     if name == "log_event" and "level" in params:
         level = str(params["level"]).upper()
         if level not in LOG_LEVELS:
@@ -970,7 +985,8 @@ class _Builder:
         groups = 0
         named: Tuple[str, ...] = ()
         if "pattern" not in values:
-            bad(raw.line, "pattern is missing", 'every watcher needs pattern="REGEX"')
+            if not raw.broken:  # a line cut short by a syntax error: already reported
+                bad(raw.line, "pattern is missing", 'every watcher needs pattern="REGEX"')
         elif pattern is not None:
             if not pattern:
                 bad(values["pattern"].line, "pattern is empty")
