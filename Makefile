@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 .PHONY: install dev test test-fast lint bench torture slurm-up slurm-down ci clean
 
 install:            ## install sidecar (and the test tools) into the current Python
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q '.[dev]'
 
 test: install       ## the whole suite: unit, inotify, processes, SQLite, SLURM end to end
 	$(PYTHON) -m pytest -q -ra

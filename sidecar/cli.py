@@ -143,9 +143,18 @@ def _load(args: argparse.Namespace) -> Any:
         )
     if not os.path.exists(cfg_path):
         raise ConfigError([Problem(cfg_path, "no such file")])
-    from sidecar.config import load_config
+    from sidecar import configcache
 
-    return load_config(cfg_path)
+    def validate(path: str) -> Any:
+        from sidecar.config import load_config  # pydantic: only when the cache misses
+
+        return load_config(path)
+
+    if getattr(args, "command", None) == "check":
+        cfg = validate(cfg_path)  # check always validates in full, and fills the cache
+        configcache.store(cfg_path, cfg)
+        return cfg
+    return configcache.load_cached(cfg_path, validate)
 
 
 def _print_problems(exc: Any) -> None:

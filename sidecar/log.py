@@ -1,22 +1,37 @@
 """Diagnostics on stderr through structlog: human-readable on a TTY, JSON lines otherwise.
 
-Only structlog's own PrintLogger is used (its stdlib integration pulls in asyncio, which
-costs start-up time at nice 19). Modules call ``get_logger(__name__)``; ``configure`` is
-called once by the CLI.
+structlog is imported when the first diagnostic is emitted, not at start: importing it costs
+about 40 ms of CPU (its package imports its stdlib integration, which pulls in asyncio), and
+at nice 19 on a node whose cores the job saturates every millisecond of start-up CPU turns
+into much more wall time. Modules call ``get_logger(__name__)`` at import time and get a
+small proxy; ``configure`` is called once by the CLI and applied when structlog is loaded.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
-
-import structlog
+from typing import Any, Dict, Optional, TextIO
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_settings: Dict[str, Any] = {"level": "info", "stream": None, "json": None}
+_configured = False
 
 
-def configure(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
-    stream = stream or sys.stderr
+def configure(level: str = "info", stream: Optional[TextIO] = None, json: Optional[bool] = None) -> None:
+    """Set the level and the output; takes effect at once if structlog is already loaded."""
+    global _configured
+    _settings.update(level=level, stream=stream, json=json)
+    _configured = False
+    if "structlog" in sys.modules:
+        _apply()
+
+
+def _apply() -> None:
+    global _configured
+    import structlog
+
+    stream = _settings["stream"] or sys.stderr
+    json = _settings["json"]
     if json is None:
         json = not (hasattr(stream, "isatty") and stream.isatty())
     renderer: Any
@@ -30,11 +45,55 @@ def configure(level: str = "info", stream: TextIO | None = None, json: bool | No
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(_settings["level"], 20)),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _configured = True
+
+
+class _LazyLogger:
+    """Forwards to a structlog logger created on first use."""
+
+    __slots__ = ("_name", "_bind", "_real")
+
+    def __init__(self, name: str, bind: Dict[str, Any]) -> None:
+        self._name = name
+        self._bind = bind
+        self._real: Any = None
+
+    def _logger(self) -> Any:
+        if not _configured:
+            _apply()
+        if self._real is None:
+            import structlog
+
+            self._real = structlog.get_logger(self._name, **self._bind)
+        return self._real
+
+    def bind(self, **kw: Any) -> "_LazyLogger":
+        return _LazyLogger(self._name, {**self._bind, **kw})
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._logger().debug(event, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._logger().info(event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._logger().warning(event, **kw)
+
+    warn = warning
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._logger().error(event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._logger().exception(event, **kw)
+
+    def critical(self, event: str, **kw: Any) -> None:
+        self._logger().critical(event, **kw)
 
 
 def get_logger(name: str = "sidecar", **bind: Any) -> Any:
-    return structlog.get_logger(name, **bind)
+    return _LazyLogger(name, bind)

@@ -344,9 +344,7 @@ class _Raw:
     entries: List[_Entry] = field(default_factory=list)
     broken: bool = False  # a syntax problem was reported for it already
 
-    def label(self, name: Optional[str] = None) -> str:
-        if name:
-            return name
+    def label(self) -> str:
         return f"{self.kind} at line {self.line}"
 
 
@@ -655,6 +653,8 @@ def _as_names(v: _V, what: str) -> List[str]:
 def _close(word: str, choices: Sequence[str]) -> Optional[str]:
     import difflib
 
+    if len(word) > 40:
+        return None
     hits = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return hits[0] if hits else None
 
@@ -1004,7 +1004,7 @@ class _Builder:
                     bad(
                         values["pattern"].line,
                         f"pattern is not a valid regex: {exc}",
-                        "Python re syntax; inside \"...\" write \\\" for a quote",
+                        "Python re syntax; inside \"...\" only \\\" and \\\\ are escapes",
                     )
                     pattern = None
         captures: List[str] = []
@@ -1215,7 +1215,7 @@ def parse_watchers(
     b = _Builder(text, filename, os.environ if environ is None else environ, cwd, proc_root)
     watchers = b.build()
     if b.problems:
-        raise ConfigError(b.problems)
+        raise ConfigError(sorted(b.problems, key=lambda p: p.line or 0))
     return watchers
 
 
@@ -1240,7 +1240,7 @@ def load_script_details(
     b = _Builder(text, path, env, cwd, proc_root)
     watchers = b.build()
     if b.problems:
-        raise ConfigError(b.problems)
+        raise ConfigError(sorted(b.problems, key=lambda p: p.line or 0))
     if not watchers:
         raise ConfigError(
             [

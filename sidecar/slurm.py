@@ -458,6 +458,13 @@ def _default_user(environ: Mapping[str, str]) -> Optional[str]:
         return None
 
 
+def _getcwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed under us
+        return os.environ.get("PWD") or "/"
+
+
 def _proc_stream(proc_root: str, job: JobInfo, fd: int) -> Optional[str]:
     """Where the batch script's ``fd`` really goes, if it is a file we can see."""
     if not job.task_pid:
@@ -525,7 +532,7 @@ def output_files(
         job_name = None
     fields = _fields(job, job_name, _default_user(environ))
 
-    base = (job.submit_dir if job is not None else None) or cwd or os.getcwd()
+    base = (job.submit_dir if job is not None else None) or cwd or _getcwd()
     if chdir_hit is not None:
         base = os.path.join(base, chdir_hit[1])  # an absolute --chdir replaces base
 
