@@ -155,7 +155,9 @@ def prepare(spec: ActionSpec, firing: Firing, ctx: JobContext, settings: Setting
         from sidecar.substitute import substitute_shell
 
         template = str(spec.params.get("command", spec.params.get("cmd", "")))
-        command, extra_env = substitute_shell(template, variables)
+        # only the firing's own names are rewritten; $HOME, $SLURM_JOB_ID ... stay the shell's
+        own = {"JOB_ID": ctx.job_id or "", "HOSTNAME": ctx.host, **firing.variables}
+        command, extra_env = substitute_shell(template, own)
         env = dict(ctx.environ)
         env.update(haskell_env(firing))
         env.update(extra_env)

@@ -172,10 +172,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
-    from sidecar.report import describe_config
+    from sidecar.report import describe_config, describe_script_files
 
     ok, text = describe_config(cfg)
     print(text)
+    if cfg.script:
+        from sidecar.script import load_script_details
+
+        details = load_script_details(cfg.script)
+        print(describe_script_files(details))
     return EXIT_OK if ok else EXIT_CONFIG
 
 

@@ -176,19 +176,18 @@ class Engine:
                 self.runtimes[w.name] = WatcherRuntime(w, cond)
             src = w.source
             d = src.directory
-            d = d if os.path.isabs(d) else os.path.join(self.cwd, d)
-            d = os.path.normpath(d)
-            names: frozenset = frozenset()  # type: ignore[type-arg]
-            regex = None
+            d = os.path.normpath(d if os.path.isabs(d) else os.path.join(self.cwd, d))
             if src.paths:
-                rels = []
+                # exact files, possibly in several directories (stdout and stderr apart)
+                by_dir: Dict[str, Set[str]] = {}
                 for p in src.paths:
-                    ap = p if os.path.isabs(p) else os.path.join(d, p)
-                    rels.append(os.path.relpath(os.path.normpath(ap), d))
-                names = frozenset(rels)
-            elif src.filepath_regex is not None:
-                regex = re.compile(src.filepath_regex)
-            self.rules.append(_SourceRule(w, d, regex, names, src.recursive))
+                    ap = os.path.normpath(p if os.path.isabs(p) else os.path.join(d, p))
+                    by_dir.setdefault(os.path.dirname(ap), set()).add(os.path.basename(ap))
+                for pd, names in by_dir.items():
+                    self.rules.append(_SourceRule(w, pd, None, frozenset(names), False))
+                continue
+            regex = re.compile(src.filepath_regex) if src.filepath_regex is not None else None
+            self.rules.append(_SourceRule(w, d, regex, frozenset(), src.recursive))
 
     def _record(self, kind: str, **fields: Any) -> None:
         rec = Record(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 from sidecar.model import Config, FileEventTrigger, RegexTrigger, StaleTrigger, Watcher
 
@@ -94,3 +94,22 @@ def describe_config(cfg: Config, cwd: str = "") -> Tuple[bool, str]:
     lines.append(f"event log: {log}; backend: {s.backend}; queue_length={s.queue_length}")
     lines.append("OK" if ok else "NOT OK")
     return ok, "\n".join(lines)
+
+
+def describe_script_files(details: Any) -> str:
+    """The job's output files a script's watchers follow, resolved or not, and the warnings
+    (``sidecar.script.ScriptDetails``)."""
+    lines: List[str] = []
+    job = details.job
+    if job is None:
+        lines.append(
+            "outside a job: file names with %j and the like are shown as patterns; inside the "
+            "job they are filled in from SLURM_* variables"
+        )
+    for name, files in details.files.items():
+        for f in files:
+            state = "resolved" if f.resolved else "pattern, resolved in the job"
+            lines.append(f"  {name}: {f.stream} -> {f.path}  ({state}; from {f.source})")
+    for w in details.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

@@ -7,7 +7,7 @@ the examples have something to act on. Standard library only; Python 3.9+.
     fake_train.py oom      [--steps N] [--interval S]
         a few steps, then (first run only) a CUDA out-of-memory error and exit 1; a
         resubmitted run (SIDECAR_RESUBMIT_COUNT set by sidecar's resubmit) has "enough
-        memory" and finishes (exit 0)
+        memory" and finishes (exit 0). FAKE_TRAIN_OOM=always makes every run fail.
     fake_train.py loss     --losses 2.1,1.5,7.3 [--interval S] [--after S]
         one "epoch E step S loss: X" line per value, then keeps running for --after seconds
         (a diverged training that nobody stops goes on burning its allocation)
@@ -26,6 +26,7 @@ reaction times can be measured from the outside.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ def cmd_oom(args: argparse.Namespace) -> int:
     for step in range(1, args.steps + 1):
         _out(sys.stdout, f"step {step} loss={1.0 / step:.4f}")
         time.sleep(args.interval)
-    if not count:
+    if not count or os.environ.get("FAKE_TRAIN_OOM") == "always":
         _stamp(sys.stdout, "oom")
         _out(sys.stderr, "Traceback (most recent call last):")
         _out(sys.stderr, '  File "train.py", line 42, in <module>')
@@ -74,14 +75,16 @@ def cmd_loss(args: argparse.Namespace) -> int:
 
 
 def cmd_hang(args: argparse.Namespace) -> int:
-    stream: TextIO
-    stream = open(args.log, "a", encoding="utf-8") if args.log else sys.stdout
-    for step in range(1, args.steps + 1):
-        _out(stream, f"step {step} loss={1.0 / step:.4f}")
-        time.sleep(args.interval)
-    _stamp(stream, "last_write")
-    time.sleep(args.after)  # hung: nothing more is written
-    _out(stream, "[fake_train] woke up")
+    with contextlib.ExitStack() as stack:
+        stream: TextIO = sys.stdout
+        if args.log:
+            stream = stack.enter_context(open(args.log, "a", encoding="utf-8"))
+        for step in range(1, args.steps + 1):
+            _out(stream, f"step {step} loss={1.0 / step:.4f}")
+            time.sleep(args.interval)
+        _stamp(stream, "last_write")
+        time.sleep(args.after)  # hung: nothing more is written
+        _out(stream, "[fake_train] woke up")
     return 0
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from tests.slurm import cluster
-from tests.slurm.cluster import job_field, read_output, submit, wait_gone_or_done, wait_state
+from tests.slurm.cluster import job_field, read_output, submit, wait_gone_or_done
 from tests.slurm.conftest import Cluster
 from tests.slurm.test_e2e_support import (
     EVENTS,
     cancel_jobs_in,
     copy_examples,
+    jobs_in,
     of_job,
     records,
     report,
@@ -128,19 +129,25 @@ def test_oom_line_resubmits_with_more_memory_and_cancels_the_job(
 
 
 def test_resubmission_stops_at_the_limit(slurm: Cluster, tmp_path: Path) -> None:
-    """A job that already was resubmitted 3 times (SIDECAR_RESUBMIT_COUNT=3) is not
-    resubmitted again: the resubmit action is recorded as failed with the reason, no new
-    script is written, and the job ends by itself (its program fails: FAILED)."""
+    """A job that was already resubmitted 3 times (SIDECAR_RESUBMIT_COUNT=3, the default
+    limit) and runs out of memory again is not resubmitted: the resubmit action is
+    recorded as failed with the reason, no script is written, nothing is submitted, and
+    the job ends by itself (its program fails: FAILED)."""
     copy_examples(tmp_path)
     try:
         job = submit(tmp_path / "oom-resubmit.sh", cwd=tmp_path,
-                     env={"SIDECAR_RESUBMIT_COUNT": "3"})
-        # fake_train.py only "runs out of memory" when the count is unset: make it do so
-        # here by unsetting it for the program, not for the sidecar
-        assert wait_gone_or_done(job, timeout=60) in ("COMPLETED", "FAILED")
+                     env={"SIDECAR_RESUBMIT_COUNT": "3", "FAKE_TRAIN_OOM": "always"})
+        assert wait_gone_or_done(job, timeout=60) == "FAILED"
+        assert job_field(job, "ExitCode") == "1:0"
         recs = wait_records(tmp_path / EVENTS, lambda rs: bool(of_job(rs, job, "stop")),
                             what=f"the stop record of job {job}")
-        assert of_job(recs, job, "match") == []     # the program did not OOM (count set)
-        assert not (tmp_path / ".sidecar").glob("resubmit-*.sh").__next__ if False else True
+        (match,) = of_job(recs, job, "match", watcher="oom")
+        (action,) = of_job(recs, job, "action", watcher="oom")
+        assert action["action"] == "resubmit" and action["ok"] is False
+        assert "limit" in action["message"] and "3" in action["message"], action
+        assert not (tmp_path / ".sidecar").exists() or not list(
+            (tmp_path / ".sidecar").glob("resubmit-*.sh"))
+        assert jobs_in(tmp_path) == []
+        assert {r["job_id"] for r in recs} == {job}
     finally:
         cancel_jobs_in(tmp_path)
