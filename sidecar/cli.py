@@ -101,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attach", help="add the watchers of a TOML file to running sidecars")
     a.add_argument("file")
     a.add_argument("--dir", default=".")
+    rp = sub.add_parser(
+        "replay", help="dry run: what the watchers would have done over existing logs"
+    )
+    _common(rp)
+    rp.add_argument(
+        "--log",
+        "-l",
+        dest="logs",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a log to replay (repeatable)",
+    )
+    rp.add_argument("--all", action="store_true", help="also show matches that did not fire")
+    rp.add_argument("--json", action="store_true", help="one JSON object per hit")
+    cv = sub.add_parser("convert", help="a script's #WATCHER lines as a TOML config")
+    cv.add_argument("script")
+    cv.add_argument("-o", "--output", help="write here instead of standard output")
     try:
         from sidecar import cli_cockpit
     except ImportError:  # pragma: no cover
@@ -375,6 +393,67 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if rows else EXIT_FAIL
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import json
+
+    from sidecar.model import ConfigError
+    from sidecar.replay import ReplaySummary, replay
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    missing = [f for f in args.logs if not os.path.isfile(f)]
+    if missing:
+        print(f"sidecar: no such log: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFIG
+    summary = ReplaySummary()
+    n = 0
+    for hit in replay(cfg, list(args.logs), summary, show_all=args.all):
+        n += hit.fired
+        if args.json:
+            print(json.dumps(hit.__dict__, default=str))
+            continue
+        caps = " ".join(f"{k}={v}" for k, v in hit.captures.items())
+        verdict = "-> " + ", ".join(hit.actions) if hit.fired else "(not fired)"
+        note = f"  [{hit.note}]" if hit.note else ""
+        print(f"{hit.file}:{hit.lineno} [{hit.watcher}] {caps} {verdict}{note}".replace("  ", " "))
+        print(f"    {hit.line}")
+    if not args.json:
+        print(
+            f"{summary.lines} lines, {n} firing(s) "
+            + ", ".join(f"{k}: {v}" for k, v in summary.firings.items())
+            + (
+                "; not replayable (stale / file events): " + ", ".join(summary.not_replayable)
+                if summary.not_replayable
+                else ""
+            )
+            + "; rate limits are not applied in a replay",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sidecar.convert import to_toml
+    from sidecar.model import ConfigError
+    from sidecar.script import load_script
+
+    try:
+        cfg = load_script(args.script)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    text = to_toml(cfg)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args_list = _normalise(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -394,6 +473,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_control(args)
         if args.command in (None, "run"):
             return cmd_run(args)
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "convert":
+            return cmd_convert(args)
         from sidecar import cli_cockpit
 
         return int(cli_cockpit.dispatch(args))

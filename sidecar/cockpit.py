@@ -37,10 +37,6 @@ from typing import (
     Union,
 )
 
-from sidecar.log import get_logger
-
-_log = get_logger(__name__)
-
 __all__ = [
     "KNOWN_KINDS",
     "LOG_SUFFIXES",
@@ -94,11 +90,36 @@ RecordLike = Union[Mapping[str, Any], Any]  # a dict, or a sidecar.types.Record
 # time
 
 
+_SECONDS: Dict[str, Optional[float]] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch (UTC)
+
+
+def _utc_seconds(prefix: str) -> Optional[float]:
+    v = _SECONDS.get(prefix, -1.0)
+    if v != -1.0:
+        return v
+    try:
+        d = _dt.datetime(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]),
+                         int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19]),
+                         tzinfo=_dt.timezone.utc)
+        r: Optional[float] = d.timestamp()
+    except (ValueError, OverflowError, OSError):
+        r = None
+    if len(_SECONDS) > 4096:
+        _SECONDS.clear()
+    _SECONDS[prefix] = r
+    return r
+
+
 def parse_ts(ts: Any) -> Optional[float]:
     """A record's ``ts`` (ISO 8601, ``Z`` or an offset; naive = UTC) as epoch seconds, or None
     when it is missing or not a timestamp."""
     if not isinstance(ts, str) or len(ts) < 10:
         return None
+    if len(ts) == 27 and ts[26] == "Z" and ts[10] == "T" and ts[19] == "." and ts[20:26].isdigit():
+        # the format sidecar writes (types.utc_now_iso): per-second cache + the fraction
+        base = _utc_seconds(ts[:19])
+        if base is not None and ts[4] == "-" and ts[13] == ":":
+            return base + int(ts[20:26]) / 1e6
     s = ts.strip()
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
@@ -374,7 +395,6 @@ def _read_one(
             raise
         if problems is not None:
             problems.add(path, exc)
-        _log.debug("cannot read event log", path=path, error=repr(exc))
     finally:
         if problems is not None:
             problems.skipped_lines += stats.skipped
@@ -655,7 +675,6 @@ def summary(rec: Mapping[str, Any]) -> str:
 # the table
 
 
-_COLUMNS = ("time", "job", "host", "watcher", "kind", "what")
 _FIELD = {"job": "job_id", "host": "host", "watcher": "watcher", "kind": "kind"}
 _CAPS = {"job": 14, "host": 18, "watcher": 24, "kind": 7}
 #: column widths when they cannot be fitted to the data (--follow)
@@ -690,6 +709,12 @@ class Table:
         self.widths = dict(FOLLOW_WIDTHS if widths is None else widths)
         self.utc = utc
         self.color = color
+        self._shown = [c for c in ("job", "host", "watcher", "kind") if self.widths.get(c, 0)]
+        # the columns before WHAT: time (19), the shown ones, two spaces after each
+        self._fixed = 19 + sum(self.widths[c] for c in self._shown) + 2 * (len(self._shown) + 1)
+        self._cells: Dict[Tuple[str, Optional[str]], str] = {}
+        self._last_sec: Optional[int] = None
+        self._last_text = ""
 
     @classmethod
     def fit(
@@ -707,9 +732,6 @@ class Table:
             widths[col] = 0 if w == 0 else max(len(col), min(w, _CAPS[col]))
         return cls(width, widths, utc=utc, color=color)
 
-    def _cells(self) -> List[str]:
-        return [c for c in _COLUMNS if c in ("time", "what") or self.widths.get(c, 0) > 0]
-
     def header(self) -> str:
         parts = ["TIME".ljust(19)]
         for c in ("job", "host", "watcher", "kind"):
@@ -720,19 +742,38 @@ class Table:
         line = "  ".join(parts)
         return truncate(line, self.width) if self.width else line
 
+    def _cell(self, col: str, value: Any) -> str:
+        key = (col, value if isinstance(value, str) or value is None else str(value))
+        c = self._cells.get(key)
+        if c is None:
+            c = pad(clean_text(_s(value)), self.widths[col])
+            if len(self._cells) > 10000:
+                self._cells.clear()
+            self._cells[key] = c
+        return c
+
+    def _time(self, ts: Any) -> str:
+        t = parse_ts(ts)
+        if t is None:
+            return format_time(ts, self.utc).ljust(19)
+        sec = int(t // 1)
+        if sec != self._last_sec:
+            self._last_sec = sec
+            tm = time.gmtime(sec) if self.utc else time.localtime(sec)
+            self._last_text = time.strftime("%Y-%m-%d %H:%M:%S", tm)
+        return self._last_text
+
     def row(self, rec: Mapping[str, Any]) -> str:
-        parts = [format_time(rec.get("ts"), self.utc).ljust(19)]
+        """One record as one line (cut to ``width``; control characters escaped)."""
+        parts = [self._time(rec.get("ts"))]
         kind_at = -1
-        for c in ("job", "host", "watcher", "kind"):
-            w = self.widths.get(c, 0)
-            if w:
-                if c == "kind":
-                    kind_at = len(parts)
-                parts.append(pad(clean_text(_s(rec.get(_FIELD[c]))), w))
-        fixed = sum(text_width(p) for p in parts) + 2 * len(parts)
+        for c in self._shown:
+            if c == "kind":
+                kind_at = len(parts)
+            parts.append(self._cell(c, rec.get(_FIELD[c])))
         what = clean_text(summary(rec))
         if self.width:
-            what = truncate(what, max(self.width - fixed, 8))
+            what = truncate(what, max(self.width - self._fixed, 8))
         parts.append(what)
         if self.color:
             code = self._color_for(rec)
@@ -740,10 +781,10 @@ class Table:
                 parts[kind_at] = f"\x1b[{code}m{parts[kind_at]}\x1b[0m"
             elif code:
                 parts[-1] = f"\x1b[{code}m{parts[-1]}\x1b[0m"
-        line = "  ".join(parts)
-        if self.width and not self.color and text_width(line) > self.width:
-            line = truncate(line, self.width)
-        return line.rstrip()
+        line = "  ".join(parts).rstrip()
+        if self.width and not self.color and self._fixed + 8 > self.width:
+            line = truncate(line, self.width)  # a terminal too narrow even for the columns
+        return line
 
     @staticmethod
     def _color_for(rec: Mapping[str, Any]) -> Optional[str]:

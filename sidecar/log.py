@@ -17,7 +17,9 @@ _settings: Dict[str, Any] = {"level": "info", "stream": None, "json": None}
 _configured = False
 
 
-def configure(level: str = "info", stream: Optional[TextIO] = None, json: Optional[bool] = None) -> None:
+def configure(
+    level: str = "info", stream: Optional[TextIO] = None, json: Optional[bool] = None
+) -> None:
     """Set the level and the output; takes effect at once if structlog is already loaded."""
     global _configured
     _settings.update(level=level, stream=stream, json=json)

@@ -194,6 +194,19 @@ _ASCII_DIGIT: Tuple[Span, ...] = ((0x30, 0x39),)
 _ASCII_WORD: Tuple[Span, ...] = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
 
 
+#: Python < 3.14: \B never matches an empty string (RE2's does, at 0)
+_PY_NB_EMPTY = re.search("\\B", "") is not None
+
+
+def _has_non_boundary(items: Any) -> bool:
+    for op, av in items:
+        if op is _AT and av is _AT_NON_BOUNDARY:
+            return True
+        if any(_has_non_boundary(ch) for ch in _children(op, av)):
+            return True
+    return False
+
+
 class _Untranslatable(Exception):
     """The pattern has no RE2 equivalent; ``args[0]`` says why (for ``sidecar check``)."""
 
@@ -733,6 +746,8 @@ class _Compiled:
         self.reason: Optional[str] = None  # why there is no exact RE2 form
         self.danger: Optional[str] = None  # why Python re might backtrack badly
         self.unicode_boundary = False
+        # empty lines are checked with Python re (see _PY_NB_EMPTY)
+        self.nb_empty = not _PY_NB_EMPTY and _has_non_boundary(tree)
         # exact forms: UTF-8 (checks) and wide (scans); None when RE2 cannot say it
         self.exact: Optional[MatchFn] = None
         self.wide: Optional[MatchFn] = None
@@ -1155,6 +1170,8 @@ class MultiMatcher:
             prev_idx = idx
             r = rules[idx]
             c = r.c
+            if c.nb_empty and not line:
+                vk = _V_PY
             if vk == _V_NONE and line_ascii:
                 pass
             elif vk in (_V_RE2, _V_NONE) or (vk == _V_BOUND and (line_ascii or c.danger)):
