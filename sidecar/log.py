@@ -73,7 +73,7 @@ class _LazyLogger:
             self._real = structlog.get_logger(self._name, **self._bind)
         return self._real
 
-    def bind(self, **kw: Any) -> "_LazyLogger":
+    def bind(self, **kw: Any) -> _LazyLogger:
         return _LazyLogger(self._name, {**self._bind, **kw})
 
     def debug(self, event: str, **kw: Any) -> None:
