@@ -198,7 +198,7 @@ def _prepare_resubmit(
                 t,
                 False,
                 error="the batch script is unknown: start the sidecar with --from-script "
-                "(or --script PATH) to allow resubmit",
+                "JOB.sh, or with --script JOB.sh next to a TOML config, to allow resubmit",
             )
         )
     count = int(ctx.environ.get(RESUBMIT_COUNT_VAR, "0") or 0)
@@ -233,7 +233,12 @@ def _prepare_resubmit(
         if k.startswith(("SLURM_", "SBATCH_")) and k not in ("SLURM_CONF",):
             del env[k]
     cancel = _truthy(spec.params.get("cancel_original", True))
-    cmd = "sbatch --parsable " + shlex.quote(new_script)
+    cmd = "sbatch --parsable "
+    name = ctx.environ.get("SLURM_JOB_NAME")
+    if name and not any(k.lstrip("-") in ("J", "job-name", "job_name") for k in mods):
+        # without this, a script with no --job-name would be named after the copy's file
+        cmd += "--job-name=" + shlex.quote(name) + " "
+    cmd += shlex.quote(new_script)
     if cancel:
         cmd = f"{cmd} && scancel {shlex.quote(ctx.job_id)}"
     effect = ("stop", "resubmit: original job cancelled") if cancel else None
@@ -266,6 +271,7 @@ def _prepare_notify(
     default_body = firing.line or firing.event or f"{firing.trigger} trigger"
     title = _text(spec, "subject", variables, "") or _text(spec, "title", variables, "")
     body = _text(spec, "message", variables, "") or _text(spec, "body", variables, "")
+    given_title, given_body = bool(title), bool(body)
     title = title or default_title
     body = body or default_body
     urls: List[str] = []
@@ -280,7 +286,9 @@ def _prepare_notify(
                     error="no recipient: give to=..., [notify] email_to, or SIDECAR_EMAIL",
                 )
             )
-        urls.append(email_url(to, n.smtp_url, n.email_from, ctx.host))
+        smtp = n.smtp_url or ctx.environ.get("SIDECAR_SMTP_URL") or None
+        sender = n.email_from or ctx.environ.get("SIDECAR_EMAIL_FROM") or None
+        urls.append(email_url(to, smtp, sender, ctx.host))
     elif t == "notify_slack":
         hook = (
             _text(spec, "webhook", variables, "")
@@ -297,7 +305,11 @@ def _prepare_notify(
                 )
             )
         channel = _text(spec, "channel", variables, "")
-        urls.append(slack_url(hook, channel))
+        url = slack_url(hook, channel)
+        if url.startswith(("json://", "jsons://")) and given_title and not given_body:
+            # a Slack-compatible endpoint shows only "text": keep a subject given alone
+            body = f"{title}\n{body}"
+        urls.append(url)
     else:
         url = _text(spec, "url", variables, "")
         if url:
@@ -322,7 +334,9 @@ def email_url(to: str, smtp_url: Optional[str], sender: Optional[str], host: str
     sep = "&" if "?" in base else "?"
     url = f"{base}{sep}to={quote(to, safe='@,')}"
     if "from=" not in base:
-        url += f"&from={quote(sender or ('sidecar@' + host), safe='@')}"
+        # a host name without a dot is no mail domain (apprise would turn it into root@...)
+        domain = host if "." in host else "localhost"
+        url += f"&from={quote(sender or ('sidecar@' + domain), safe='@')}"
     return url
 
 
@@ -339,8 +353,12 @@ def slack_url(hook: str, channel: str = "") -> str:
         if channel and hook.startswith("slack://"):
             url = hook.rstrip("/") + "/" + channel.lstrip("/")
         return url
-    if hook.startswith("https://"):
-        return "jsons://" + hook[len("https://") :]
-    if hook.startswith("http://"):
-        return "json://" + hook[len("http://") :]
+    # apprise's json:// posts {"version", "title", "message", ...}; the ':key=' arguments
+    # rename or drop keys, giving Slack's {"text": ...}
+    slack_shape = ":message=text&:title=&:version=&:attachments=&:type="
+    for scheme, apprise_scheme in (("https://", "jsons://"), ("http://", "json://")):
+        if hook.startswith(scheme):
+            rest = hook[len(scheme) :]
+            sep = "&" if "?" in rest else "?"
+            return f"{apprise_scheme}{rest}{sep}{slack_shape}"
     return hook

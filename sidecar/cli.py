@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="read files that already exist from their end (default: from their start)",
     )
     r.add_argument("--nice", type=int, help="niceness to add at start (default 10; 0 = none)")
+    r.add_argument(
+        "--script",
+        metavar="JOB.sh",
+        help="the batch script, for resubmit actions of a TOML config (--from-script sets it)",
+    )
     r.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
     r.add_argument("--log-json", action="store_true", help="JSON diagnostics even on a TTY")
 
@@ -219,6 +224,9 @@ def _lower_priority(nice: int, idle_io: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
+    import signal
+
+    early = _EARLY_SIGNALS
 
     from sidecar import log as slog
     from sidecar.model import ConfigError
@@ -248,10 +256,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if changes:
         st = dataclasses.replace(st, **changes)
         cfg = dataclasses.replace(cfg, settings=st)
-    _lower_priority(st.nice, st.ionice_idle)
+    if args.script:
+        cfg = dataclasses.replace(cfg, script=os.path.abspath(args.script))
+    wrapped: List[str] = list(getattr(args, "wrapped", None) or [])
+    if not wrapped:
+        _lower_priority(st.nice, st.ionice_idle)
+        st = dataclasses.replace(st, nice=0, ionice_idle=False)  # done
 
     follow: Optional[int] = None
-    if not args.no_follow:
+    if not args.no_follow and not wrapped:
         follow = args.pid or os.getppid()
         if follow <= 1:
             follow = None
@@ -271,6 +284,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sidecar: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    child = None
+    if wrapped:
+        # wrapper mode: `sidecar CONFIG -- python train.py` runs the work as a child, once
+        # the sidecar is watching; it stops when the child ends and exits with its status.
+        import subprocess
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)  # the child must not inherit "ignored"
+        try:
+            child = subprocess.Popen(wrapped)
+        except OSError as exc:
+            print(f"sidecar: cannot run {wrapped[0]}: {exc}", file=sys.stderr)
+            engine.request_stop(f"cannot run {wrapped[0]}")
+        finally:
+            engine.install_handlers()
+        if child is not None:
+            engine.follow(child.pid, child.poll)
+    _lower_priority(st.nice, st.ionice_idle)
+    for sig in early:
+        if sig == signal.SIGHUP:
+            engine.reload("SIGHUP")
+        else:
+            engine.request_stop(f"signal {signal.Signals(sig).name}")
     log.info(
         "ready",
         watchers=len(cfg.watchers),
@@ -278,7 +314,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend=getattr(engine.backend, "name", "?"),
         events=engine.event_log_path,
     )
-    return engine.run()
+    rc = engine.run()
+    if child is None:
+        return rc
+    if child.poll() is None:
+        child.terminate()  # the sidecar alone was stopped (kill PID): stop the work too
+    code = child.wait()
+    return code if code >= 0 else 128 - code
 
 
 def _dropins(directory: Optional[str]) -> List[Any]:
@@ -454,8 +496,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_EARLY_SIGNALS: List[int] = []
+
+
+def _note_early_signal(signum: int, frame: Any) -> None:
+    _EARLY_SIGNALS.append(signum)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args_list = _normalise(list(sys.argv[1:] if argv is None else argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and (not raw or raw[0] in ("run",) or raw[0] not in COMMANDS):
+        # A SIGTERM (scancel) may come while the sidecar is still starting: note it, start,
+        # read what is there, and stop cleanly with a stop record, instead of dying silently.
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, _note_early_signal)
+    wrapped: List[str] = []
+    if "--" in raw:
+        i = raw.index("--")
+        raw, wrapped = raw[:i], raw[i + 1 :]
+    args_list = _normalise(raw)
     parser = build_parser()
     if not args_list:
         parser.print_help(sys.stderr)
@@ -464,6 +525,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as e:
         return int(e.code or 0) and EXIT_CONFIG
+    args.wrapped = wrapped
+    if wrapped and args.command not in (None, "run"):
+        print("sidecar: `-- COMMAND` goes with running a config", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.command == "check":
             return cmd_check(args)

@@ -90,23 +90,22 @@ RecordLike = Union[Mapping[str, Any], Any]  # a dict, or a sidecar.types.Record
 # time
 
 
-_SECONDS: Dict[str, Optional[float]] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch (UTC)
+_DAYS: Dict[str, Optional[int]] = {}  # "YYYY-MM-DD" -> epoch of its midnight (UTC)
 
 
-def _utc_seconds(prefix: str) -> Optional[float]:
-    v = _SECONDS.get(prefix, -1.0)
-    if v != -1.0:
+def _utc_day(day: str) -> Optional[int]:
+    v = _DAYS.get(day, -1)
+    if v != -1:
         return v
     try:
-        d = _dt.datetime(int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]),
-                         int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19]),
-                         tzinfo=_dt.timezone.utc)
-        r: Optional[float] = d.timestamp()
-    except (ValueError, OverflowError, OSError):
+        r: Optional[int] = (
+            _dt.date(int(day[0:4]), int(day[5:7]), int(day[8:10])).toordinal() - 719163
+        ) * 86400
+    except ValueError:
         r = None
-    if len(_SECONDS) > 4096:
-        _SECONDS.clear()
-    _SECONDS[prefix] = r
+    if len(_DAYS) > 1000:
+        _DAYS.clear()
+    _DAYS[day] = r
     return r
 
 
@@ -115,11 +114,15 @@ def parse_ts(ts: Any) -> Optional[float]:
     when it is missing or not a timestamp."""
     if not isinstance(ts, str) or len(ts) < 10:
         return None
-    if len(ts) == 27 and ts[26] == "Z" and ts[10] == "T" and ts[19] == "." and ts[20:26].isdigit():
-        # the format sidecar writes (types.utc_now_iso): per-second cache + the fraction
-        base = _utc_seconds(ts[:19])
-        if base is not None and ts[4] == "-" and ts[13] == ":":
-            return base + int(ts[20:26]) / 1e6
+    if len(ts) == 27 and ts[26] == "Z" and ts[10] == "T" and ts[19] == "." and ts[13] == ":":
+        # the format sidecar writes (types.utc_now_iso): a cached day + the time of day
+        day = _utc_day(ts[:10])
+        try:
+            h, m, sec, us = int(ts[11:13]), int(ts[14:16]), int(ts[17:19]), int(ts[20:26])
+        except ValueError:
+            day = None
+        if day is not None and h < 24 and m < 60 and sec < 60 and ts[16] == ":":
+            return day + h * 3600 + m * 60 + sec + us / 1e6
     s = ts.strip()
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
@@ -277,6 +280,8 @@ def pad(s: str, width: int) -> str:
 
 
 def _as_dict(rec: RecordLike) -> Mapping[str, Any]:
+    if type(rec) is dict:
+        return rec
     if isinstance(rec, Mapping):
         return rec
     to_dict = getattr(rec, "to_dict", None)
@@ -503,6 +508,7 @@ def follow_path(
     rescan: float = 1.0,
     problems: Optional[ReadProblems] = None,
     on_idle: Optional[Callable[[], None]] = None,
+    on_caught_up: Optional[Callable[[], None]] = None,
 ) -> Iterator[Dict[str, Any]]:
     """``tail -f`` for a log or a directory of logs: first the last ``backlog`` records
     already there (merged by ts; None = all of them, 0 = none), then every new record as it
@@ -512,7 +518,8 @@ def follow_path(
     anything else may turn out to be a directory); a directory is rescanned every ``rescan``
     seconds for new logs, whose records all count as new. Each log is read by its own
     thread (``eventlog.follow_records``: JSONL across rotation/truncation, SQLite by row id).
-    ``on_idle`` is called whenever no record is waiting (the CLI flushes its output there).
+    ``on_idle`` is called whenever no record is waiting (the CLI flushes its output there);
+    ``on_caught_up`` once the backlog has been yielded (from then on, everything is new).
     """
     import queue
 
@@ -575,6 +582,8 @@ def follow_path(
                 return
             time.sleep(poll)
         next_scan = time.monotonic() + rescan
+        if not pending and on_caught_up is not None:
+            on_caught_up()  # an empty directory: no backlog at all
         while True:
             if is_dir and time.monotonic() >= next_scan:
                 scan(initial=False)
@@ -594,6 +603,8 @@ def follow_path(
                     caught.append(list(pending.pop(idx)))
                     if not pending:
                         yield from backlog_done()
+                        if on_caught_up is not None:
+                            on_caught_up()
             elif idx in pending:
                 pending[idx].append(item)
             else:
@@ -843,13 +854,15 @@ class StatsAccumulator:
             w = self.watchers[key] = _WatcherStats(job, host, name)
         return w
 
-    def add(self, rec: RecordLike) -> None:
+    def add(self, rec: RecordLike, t: Optional[float] = None) -> None:
+        """Count one record; ``t`` is its parsed ``ts`` when the caller has it already."""
         r = _as_dict(rec)
         self.records += 1
         kind = _s(r.get("kind")) or "?"
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         ts = r.get("ts")
-        t = parse_ts(ts)
+        if t is None:
+            t = parse_ts(ts)
         if t is not None:
             if self._first_t is None or t < self._first_t:
                 self._first_t, self.first = t, _s(ts)
@@ -864,7 +877,9 @@ class StatsAccumulator:
         if recent:
             self.hour["records"] += 1
         name = _s(r.get("watcher"))
-        extra = r.get("extra") if isinstance(r.get("extra"), Mapping) else {}
+        extra = r.get("extra")
+        if type(extra) is not dict:
+            extra = extra if isinstance(extra, Mapping) else {}
         if kind == "start":
             names = extra.get("watchers") if isinstance(extra, Mapping) else None
             if isinstance(names, list):
@@ -1117,8 +1132,9 @@ def to_number(v: Any) -> Optional[float]:
     return None
 
 
-def metric_point(rec: RecordLike) -> Optional[MetricPoint]:
-    """The MetricPoint of a ``metric`` record, None for any other record."""
+def metric_point(rec: RecordLike, t: Optional[float] = None) -> Optional[MetricPoint]:
+    """The MetricPoint of a ``metric`` record, None for any other record (``t``: its parsed
+    ``ts``, when the caller has it)."""
     r = _as_dict(rec)
     if r.get("kind") != "metric":
         return None
@@ -1126,7 +1142,7 @@ def metric_point(rec: RecordLike) -> Optional[MetricPoint]:
     value = r.get("value")
     return MetricPoint(
         ts=ts,
-        t=parse_ts(ts),
+        t=parse_ts(ts) if t is None else t,
         job_id=_s(r.get("job_id")),
         host=_s(r.get("host")),
         watcher=_s(r.get("watcher")),

@@ -137,6 +137,8 @@ class Engine:
         self._wake_w = -1
         self._pidfd: Optional[int] = None
         self._pid_poll_at: Optional[float] = None
+        self._followed_status: Optional[Callable[[], Optional[int]]] = None
+        self._poller: Any = None
         self.started = False
         self.ready = False
         self.counts: Dict[str, int] = {"bytes": 0, "matches": 0, "firings": 0}
@@ -221,17 +223,42 @@ class Engine:
             self.backend = self._backend_arg
         else:
             self.backend = make_backend(self.settings.backend, self._poll_interval(), self.log)
-        if self.install_signals:
-            signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-            for s in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(s, self._on_signal)
-            signal.signal(signal.SIGHUP, self._on_signal)
+        self.install_handlers()
         if self.follow_pid:
+            self.follow(self.follow_pid)
+
+    def install_handlers(self) -> None:
+        """SIGTERM / SIGINT stop the sidecar cleanly, SIGHUP reloads; the loop is woken
+        through the wake pipe."""
+        if not self.install_signals:
+            return
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+
+    def follow(self, pid: int, exit_status: Optional[Callable[[], Optional[int]]] = None) -> None:
+        """Stop when process ``pid`` ends (learned from a pidfd, without polling).
+        ``exit_status``: how to get its exit status (for a child), for the stop record."""
+        self.follow_pid = pid
+        self._followed_status = exit_status
+        if self._pidfd is not None:
             try:
-                self._pidfd = os.pidfd_open(self.follow_pid)
-            except (AttributeError, OSError):
-                self._pidfd = None
-                self._pid_poll_at = self.clock() + 2.0
+                os.close(self._pidfd)
+            except OSError:
+                pass
+            self._pidfd = None
+        try:
+            self._pidfd = os.pidfd_open(pid)
+            if self._poller is not None:
+                self._poller.register(self._pidfd, select.POLLIN)
+        except ProcessLookupError:
+            self.request_stop(f"followed process {pid} exited")
+        except (AttributeError, OSError):
+            # no pidfd (old kernel or Python < 3.9): check every 2 s
+            self._pidfd = None
+            self._pid_poll_at = self.clock() + 2.0
+            if not _pid_alive(pid):
+                self.request_stop(f"followed process {pid} exited")
 
     # ------------------------------------------------------------------ state file
     def _config_id(self) -> str:
@@ -551,6 +578,7 @@ class Engine:
             poller.register(bfd, select.POLLIN)
         if self._pidfd is not None:
             poller.register(self._pidfd, select.POLLIN)
+        self._poller = poller
         poll_iv = self.backend.poll_interval()
         next_poll = self.clock() + poll_iv if poll_iv else None
         while self._stop_reason is None:
@@ -1093,6 +1121,10 @@ class Engine:
         detail = dict(result.detail)
         if result.error:
             fields["message"] = result.error
+        elif not result.ok:
+            last = (result.output or "").strip().splitlines()[-1:] or [""]
+            why = "timed out" if result.timed_out else f"exit code {result.exit_code}"
+            fields["message"] = f"{why}: {last[0]}" if last[0] else why
         if result.timed_out:
             fields["reason"] = "timeout"
         kind = "action"
@@ -1184,6 +1216,14 @@ class Engine:
                 self.request_stop(f"followed process {self.follow_pid} exited")
 
     # ------------------------------------------------------------------ stopping
+    def _followed_exit(self) -> Optional[int]:
+        if self._followed_status is None:
+            return None
+        try:
+            return _exit_code(self._followed_status())
+        except Exception:
+            return None
+
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"
         # what the job wrote last is read and acted on before the sidecar goes
@@ -1227,6 +1267,8 @@ class Engine:
             reason=reason,
             message=f"sidecar stopped: {reason}",
             extra={
+                "followed_pid": self.follow_pid,
+                "followed_exit_code": self._followed_exit(),
                 "counts": dict(self.counts),
                 "watchers": {
                     n: {
@@ -1262,6 +1304,12 @@ class Engine:
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def _exit_code(status: Optional[int]) -> Optional[int]:
+    if status is None:
+        return None
+    return status if status >= 0 else 128 - status
 
 
 def _has_toml(directory: str) -> bool:

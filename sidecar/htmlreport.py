@@ -435,9 +435,9 @@ def render_report(
     timeline = _Timeline()
     for rec in records:
         r = _as_dict(rec)
-        acc.add(r)
         t = parse_ts(r.get("ts"))
-        p = metric_point(r)
+        acc.add(r, t)
+        p = metric_point(r, t)
         if p is not None:
             points.setdefault(p.metric, {}).setdefault(p.key, []).append(p)
             continue

@@ -20,10 +20,22 @@ def send(urls: list[str], title: str, body: str) -> tuple[bool, str]:
     bad = [u for u in urls if not ap.add(u)]
     if bad:
         return False, "not a valid notification URL: " + ", ".join(_redact(u) for u in bad)
-    with apprise.LogCapture(level=apprise.logging.WARNING) as output:  # type: ignore[no-untyped-call]
+    with apprise.LogCapture(level=apprise.logging.DEBUG) as output:  # type: ignore[no-untyped-call]
         ok = bool(ap.notify(title=title, body=body))
-        detail = output.getvalue().strip()
-    return ok, detail
+        lines = output.getvalue().strip().splitlines()
+    # on failure the server's own words (an SMTP 550, an HTTP 500) are only in apprise's
+    # debug output: keep the lines that say what went wrong
+    if ok:
+        keep = [ln for ln in lines if "WARNING" in ln or "ERROR" in ln]
+    else:
+        keep = [ln for ln in lines if _telling(ln)]
+    return ok, "\n".join(keep[-12:])
+
+
+def _telling(line: str) -> bool:
+    low = line.lower()
+    words = ("error", "warn", "fail", "refus", "denied", "response", "reply", "status")
+    return any(w in low for w in words)
 
 
 def _redact(url: str) -> str:

@@ -279,3 +279,72 @@ def test_follows_its_parent_and_stops_with_it(tmp_path: Path) -> None:
     rs = recs(tmp_path / "sidecar-events.jsonl")
     assert rs[-1]["kind"] == "stop" and "exited" in rs[-1]["reason"]
     assert [r["line"] for r in rs if r["kind"] == "match"] == ["A last words"]
+
+
+def test_wrapper_mode_runs_the_work_and_exits_with_its_status(tmp_path: Path) -> None:
+    """`sidecar CONFIG -- CMD`: the work runs as a child once the sidecar watches; its last
+    lines are acted on; the sidecar exits with the work's exit status, recorded in `stop`."""
+    (tmp_path / "c.toml").write_text(
+        '[[regex_actions]]\nfilepath_regex = "\\\\.log$"\nline_regex = "LAST"\nname = "a"\n'
+        'cmd = "echo $MATCH >> seen.txt"\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "c.toml", "--nice", "0", "--",
+         "sh", "-c", "echo 'LAST words' >> job.log; exit 3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 3, r.stderr
+    assert (tmp_path / "seen.txt").read_text() == "LAST words\n"
+    stop = recs(tmp_path / "sidecar-events.jsonl")[-1]
+    assert stop["kind"] == "stop" and stop["extra"]["followed_exit_code"] == 3
+
+
+def test_sigterm_while_starting_still_gives_a_clean_stop(tmp_path: Path) -> None:
+    """A SIGTERM that arrives during start-up (scancel right after the job starts) ends the
+    sidecar with exit 0 and a stop record, not silently."""
+    (tmp_path / "c.toml").write_text(
+        '[[regex_actions]]\nfilepath_regex = "\\\\.log$"\nline_regex = "A"\nname = "a"\ncmd = "true"\n'
+    )
+    def catches_term(pid: int) -> bool:
+        # the interpreter itself takes a few tens of ms to start; from the moment the
+        # sidecar's handler is in place (SigCgt has SIGTERM), a SIGTERM must end it cleanly
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+        except OSError:
+            pass
+        return False
+
+    for delay in (0.0, 0.05, 0.2):
+        log = tmp_path / f"ev{delay}.jsonl"
+        p = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "c.toml", "--no-follow", "--nice", "0",
+             "--events", str(log)],
+            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        )
+        wait_until(lambda: catches_term(p.pid), timeout=10, interval=0.001)
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+        rs = recs(log)
+        assert rs and rs[-1]["kind"] == "stop" and rs[-1]["reason"] == "signal SIGTERM"
+
+
+def test_following_a_process_that_is_already_gone_stops_at_once(tmp_path: Path) -> None:
+    """--pid of a process that has already exited: the sidecar reads what is there and stops."""
+    (tmp_path / "c.toml").write_text(
+        '[[regex_actions]]\nfilepath_regex = "\\\\.log$"\nline_regex = "A"\nname = "a"\ncmd = "true"\n'
+    )
+    (tmp_path / "x.log").write_text("A\n")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "sidecar", "c.toml", "--nice", "0", "--pid", str(gone.pid)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 0 and time.monotonic() - t0 < 1.9
+    rs = recs(tmp_path / "sidecar-events.jsonl")
+    assert [x["kind"] for x in rs if x["kind"] in ("match", "stop")] == ["match", "stop"]
