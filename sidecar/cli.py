@@ -302,11 +302,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if child is not None:
             engine.follow(child.pid, child.poll)
     _lower_priority(st.nice, st.ionice_idle)
-    for sig in early:
-        if sig == signal.SIGHUP:
+    for signum in early:
+        if signum == signal.SIGHUP:
             engine.reload("SIGHUP")
         else:
-            engine.request_stop(f"signal {signal.Signals(sig).name}")
+            engine.request_stop(f"signal {signal.Signals(signum).name}")
     log.info(
         "ready",
         watchers=len(cfg.watchers),

@@ -323,7 +323,7 @@ def test_sigterm_while_starting_still_gives_a_clean_stop(tmp_path: Path) -> None
              "--events", str(log)],
             cwd=tmp_path, stderr=subprocess.PIPE, text=True,
         )
-        wait_until(lambda: catches_term(p.pid), timeout=10, interval=0.001)
+        wait_until(lambda p=p: catches_term(p.pid), timeout=10, interval=0.001)  # type: ignore[misc]
         time.sleep(delay)
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=20)
