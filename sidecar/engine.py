@@ -502,14 +502,9 @@ class Engine:
                 continue
             w = self.runtimes[n].watcher
             assert isinstance(w.trigger, StaleTrigger)
-            last = now
-            if existing:
-                try:
-                    age = max(0.0, self.wall() - os.stat(path).st_mtime)
-                    last = now - age
-                except OSError:
-                    pass
-            self.stale[(n, path)] = StaleTracker(n, path, w.trigger.timeout, last)
+            # the clock starts at the later of the last write and the sidecar's start: a
+            # directory of old files does not fire for all of them the moment it starts
+            self.stale[(n, path)] = StaleTracker(n, path, w.trigger.timeout, now)
         self.files[path] = st
         return st
 
