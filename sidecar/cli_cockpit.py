@@ -337,6 +337,12 @@ def _read_all(args: argparse.Namespace, flt: Any) -> Tuple[Any, Any]:
 
     if not os.path.exists(args.path):
         raise _Usage(f"{args.path}: no such file or directory")
+    if os.path.isdir(args.path):
+        from sidecar.cockpit import LOG_SUFFIXES, log_files
+
+        if not log_files(args.path):
+            _err(f"note: no event logs ({', '.join('*' + x for x in LOG_SUFFIXES)}) in "
+                 f"{args.path}")
     problems = ReadProblems()
     return iter_records(args.path, None if flt.empty else flt, problems), problems
 
@@ -669,7 +675,8 @@ def cmd_test_pattern(args: argparse.Namespace) -> int:
                         condition=args.condition)
     engine, msg = compile_check(trig)
     if engine == "invalid":  # compile_check's verdict for a pattern that does not compile
-        _err(f"invalid regex: {msg}")
+        text = str(msg or "does not compile")
+        _err(text if text.lower().startswith("invalid regex") else f"invalid regex: {text}")
         return EXIT_USAGE
     if msg and not args.quiet:
         _err(f"note: {msg}")
@@ -752,7 +759,11 @@ def cmd_test_pattern(args: argparse.Namespace) -> int:
     found, lines = counts
     out.flush()
     if not args.quiet and not args.json:
-        _err(f"{found} matching line{'s' if found != 1 else ''} of {lines} (engine: {engine})")
+        plural = "s" if found != 1 else ""
+        if args.max_count is not None and found >= args.max_count:
+            _err(f"{found} matching line{plural} (stopped at --max-count; engine: {engine})")
+        else:
+            _err(f"{found} matching line{plural} of {lines} (engine: {engine})")
     return EXIT_OK if found else EXIT_FAIL
 
 
@@ -788,7 +799,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     from sidecar.config import json_schema
 
-    text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    schema = dict(json_schema())
+    if "$schema" not in schema:  # pydantic writes draft 2020-12 ($defs); say so for editors
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     if args.output and args.output != "-":
         from sidecar.cockpit import write_text_atomic
 

@@ -585,8 +585,8 @@ def follow_path(
         if not pending and on_caught_up is not None:
             on_caught_up()  # an empty directory: no backlog at all
         while True:
-            if is_dir and time.monotonic() >= next_scan:
-                scan(initial=False)
+            if is_dir and not pending and time.monotonic() >= next_scan:
+                scan(initial=False)  # (not before the backlog is out: new logs come after)
                 next_scan = time.monotonic() + rescan
             try:
                 idx, item = q.get(timeout=poll)
@@ -609,6 +609,8 @@ def follow_path(
                 pending[idx].append(item)
             else:
                 yield item
+                if stop():
+                    return
     finally:
         stop_evt.set()
 

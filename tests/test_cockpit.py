@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar import cli_cockpit, cockpit
 from sidecar.cockpit import (
@@ -123,6 +125,14 @@ def test_parse_ts_accepts_the_record_format_offsets_and_long_fractions() -> None
     assert parse_ts("2024-05-01T10:00:00.5Z") == pytest.approx(T0 + 0.5)
     for bad in (None, 12, "", "yesterday", "2024-13-01T00:00:00Z"):
         assert parse_ts(bad) is None
+
+
+@given(st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(2200, 1, 1)))
+@settings(max_examples=300, deadline=None)
+def test_parse_ts_fast_path_agrees_with_fromisoformat(d: dt.datetime) -> None:
+    s = d.replace(tzinfo=dt.timezone.utc).isoformat(timespec="microseconds")
+    ts = s.replace("+00:00", "Z")  # the format Record.ts has
+    assert parse_ts(ts) == dt.datetime.fromisoformat(s).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -448,11 +458,13 @@ class Collector:
     def __init__(self, path: Path, **kw: Any) -> None:
         self.records: List[Dict[str, Any]] = []
         self.stopped = threading.Event()
+        self.caught_up = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(str(path), kw), daemon=True)
         self.thread.start()
 
     def _run(self, path: str, kw: Dict[str, Any]) -> None:
-        for r in follow_path(path, stop=self.stopped.is_set, poll=0.05, rescan=0.1, **kw):
+        for r in follow_path(path, stop=self.stopped.is_set, poll=0.05, rescan=0.1,
+                             on_caught_up=self.caught_up.set, **kw):
             self.records.append(r)
 
     def messages(self) -> List[str]:
@@ -532,6 +544,8 @@ def test_follow_with_backlog_none_shows_everything_and_zero_nothing(tmp_path: Pa
     none = Collector(path, backlog=0)
     try:
         wait_until(lambda: len(every.records) == 15, timeout=10)
+        wait_until(none.caught_up.is_set, timeout=10)  # what is written now is new
+        assert none.records == []
         with open(path, "a") as f:
             f.write(json.dumps({"ts": iso(T0 + 99), "kind": "log", "message": "fresh"}) + "\n")
         wait_until(lambda: none.messages() == ["fresh"], timeout=10)
@@ -790,3 +804,47 @@ def test_importing_the_cli_module_stays_cheap() -> None:
                        timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
 
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input never raises
+
+_json_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+)
+_json_value = st.recursive(
+    _json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
+_field_names = st.sampled_from(
+    ["ts", "kind", "job_id", "host", "watcher", "trigger", "file", "line", "lineno", "event",
+     "action", "ok", "exit_code", "duration_s", "output", "message", "level", "reason",
+     "state", "previous_state", "metric", "value", "extra", "captures"]
+)
+_kinds = st.sampled_from(list(cockpit.KNOWN_KINDS) + ["odd"])
+
+
+@given(st.lists(
+    st.fixed_dictionaries({"kind": _kinds}, optional={"ts": st.one_of(
+        _json_value, st.just(iso(T0)))}).flatmap(
+        lambda base: st.dictionaries(_field_names, _json_value, max_size=8).map(
+            lambda d: {**d, **base})),
+    max_size=12,
+))
+@settings(max_examples=60, deadline=None)
+def test_odd_records_never_make_the_formatters_raise(recs: List[Dict[str, Any]]) -> None:
+    from sidecar.htmlreport import render_report
+
+    table = Table.fit(recs, 60, color=True)
+    for r in recs:
+        assert "\n" not in table.row(r)
+        summary(r)
+        RecordFilter(jobs=("x*",), since=0)(r)
+    format_stats(compute_stats(recs, now=T0))
+    metric_summary(metric_points(recs))
+    text = prometheus_text(recs)
+    assert all(_PROM_LINE.match(ln) for ln in text.splitlines())
+    assert render_report(recs, now=T0).endswith("</html>\n")

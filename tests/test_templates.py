@@ -149,9 +149,10 @@ def test_slurm_cancel_captures_scope_id_node_time_and_reason() -> None:
     assert caps[0] == {"scope": "JOB", "id": "4242", "node": "gpu017",
                        "at": "2024-05-01T10:00:03", "reason": "TIME LIMIT"}
     assert [c["reason"] for c in caps] == [
-        "TIME LIMIT", "TIME LIMIT", "PREEMPTION", "NODE FAILURE", None, "TIME LIMIT"
+        "TIME LIMIT", "TIME LIMIT", "PREEMPTION", "NODE FAILURE", None, "TIME LIMIT",
+        "JOB REQUEUE",
     ]
-    assert caps[-1]["node"] is None  # srun's form has no "ON node"
+    assert caps[5]["node"] is None  # srun's form has no "ON node"
 
 
 def test_progress_captures_feed_the_metrics() -> None:
@@ -206,6 +207,26 @@ def test_a_config_of_every_template_loads(tmp_path: Path, monkeypatch: Any) -> N
     cfg = load_config(str(tmp_path / "all.toml"))
     assert len(cfg.watchers) == sum(len(load_template(t).watchers) for t in ALL)
     assert cfg.settings.event_log == "sidecar-events.jsonl"
+
+
+def test_the_printed_schema_accepts_every_template_and_a_starter_config(capsys: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema")  # not a dependency: only where installed
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    assert cli_cockpit.main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"].startswith("https://json-schema.org/draft/2020-12")
+    validator = jsonschema.Draft202012Validator(schema)
+    texts = [(t, (TEMPLATES / f"{t}.toml").read_text()) for t in ALL]
+    texts.append(("starter", cli_cockpit.starter_config(ALL)))
+    for name, text in texts:
+        errors = [e.message for e in validator.iter_errors(tomllib.loads(text))]
+        assert not errors, (name, errors)
+    bad = tomllib.loads(cli_cockpit.starter_config(["oom"]).replace("line_regex", "line_regexp"))
+    assert list(validator.iter_errors(bad))  # and it does catch a misspelt key
 
 
 def test_test_pattern_agrees_with_the_template(capsys: Any) -> None:
