@@ -442,6 +442,11 @@ class SettingsModel(BaseModel):
     resubmit_limit: int = Field(_DEFAULTS.resubmit_limit, ge=0)
     drain_grace: float = Field(_DEFAULTS.drain_grace, ge=0, allow_inf_nan=False)
     state_file: Optional[str] = Field(_DEFAULTS.state_file, min_length=1)
+    prometheus_textfile: Optional[str] = Field(
+        _DEFAULTS.prometheus_textfile,
+        min_length=1,
+        description="keep the stored metrics in this file, in Prometheus text format",
+    )
     notify: NotifyModel = Field(default_factory=lambda: NotifyModel.model_validate({}))
 
 
@@ -1064,6 +1069,7 @@ def _to_settings(sm: SettingsModel) -> m.Settings:
         resubmit_limit=sm.resubmit_limit,
         drain_grace=float(sm.drain_grace),
         state_file=sm.state_file,
+        prometheus_textfile=sm.prometheus_textfile,
         notify=m.Notify(
             email_to=n.email_to,
             email_from=n.email_from,

@@ -155,6 +155,8 @@ class Engine:
         self._started_iso = ""
         self._last_event: Dict[str, str] = {}
         self._excluded: Set[str] = set()
+        self._prom: Any = None
+        self._prom_dirty = False
         self._config_paths: Set[str] = set()
         self._dropin_abs = ""
         self._reload_pending = False
@@ -196,6 +198,14 @@ class Engine:
             kind=kind, job_id=self.ctx.job_id, host=self.ctx.host, pid=os.getpid(), **fields
         )
         self.eventlog.write(rec)
+        if kind == "metric" and self.settings.prometheus_textfile:
+            if self._prom is None:
+                from sidecar.cockpit import PrometheusExport
+
+                self._prom = PrometheusExport()
+            self._prom.add(rec.to_dict())
+            self._prom_dirty = True
+            self._mark_dirty()
 
     def _open(self) -> None:
         from sidecar.backends import make_backend
@@ -373,6 +383,17 @@ class Engine:
             stmod.write_atomic(self.state_path, data)
         except OSError as exc:
             self.log.warning("cannot write the state file", state=self.state_path, error=str(exc))
+        if self._prom_dirty and self.settings.prometheus_textfile:
+            from sidecar.cockpit import write_prometheus_textfile
+
+            path = self.settings.prometheus_textfile
+            if not os.path.isabs(path):
+                path = os.path.join(self.cwd, path)
+            try:
+                write_prometheus_textfile(path, self._prom)
+                self._prom_dirty = False
+            except OSError as exc:
+                self.log.warning("cannot write the Prometheus textfile", path=path, error=str(exc))
         self._state_dirty_at = None
         self._last_save = self.clock()
 

@@ -156,6 +156,7 @@ class Settings:
     resubmit_limit: int = 3
     drain_grace: float = 3.0  # seconds at stop for running actions before they are killed
     state_file: Optional[str] = None
+    prometheus_textfile: Optional[str] = None  # metrics for node_exporter's textfile collector
     notify: Notify = field(default_factory=Notify)
 
 

@@ -336,3 +336,26 @@ def test_timer_mode_repeats_with_captured_values(tmp_path: Path, running: List[R
     r.stop()
     assert out.read_text() == "training\n" * 3
     assert [m["trigger"] for m in r.recs("match")] == ["regex", "timer", "timer"]
+
+
+def test_prometheus_textfile_follows_the_stored_metrics(tmp_path: Path, running: List[Running]) -> None:
+    """With prometheus_textfile set, the daemon keeps each metric's last value there in the
+    Prometheus text format (written atomically, at most about once a second)."""
+    w = Watcher(
+        name="m",
+        source=Source(directory=".", filepath_regex=r"\.log$"),
+        trigger=RegexTrigger(r"loss: ([\d.]+)", captures=("loss",)),
+        actions=(ActionSpec("store_metric", {"name": "train loss", "value": "$loss"}),),
+    )
+    prom = tmp_path / "metrics" / "sidecar.prom"
+    prom.parent.mkdir()
+    r = start(tmp_path, [w], prometheus_textfile=str(prom))
+    running.append(r)
+    with open(tmp_path / "m.log", "a") as fh:
+        fh.write("loss: 0.9\nloss: 0.5\n")
+    wait_until(lambda: prom.exists() and "0.5" in prom.read_text(), timeout=5)
+    r.stop()
+    text = prom.read_text()
+    assert "# TYPE sidecar_train_loss gauge" in text
+    (sample,) = [ln for ln in text.splitlines() if ln.startswith("sidecar_train_loss{")]
+    assert sample.endswith(" 0.5") and 'watcher="m"' in sample and 'job_id="4242"' in sample
