@@ -359,3 +359,21 @@ def test_prometheus_textfile_follows_the_stored_metrics(tmp_path: Path, running:
     assert "# TYPE sidecar_train_loss gauge" in text
     (sample,) = [ln for ln in text.splitlines() if ln.startswith("sidecar_train_loss{")]
     assert sample.endswith(" 0.5") and 'watcher="m"' in sample and 'job_id="4242"' in sample
+
+
+def test_deleted_files_are_forgotten_and_new_ones_read_whole(tmp_path: Path, backend: str, running: List[Running]) -> None:
+    """A job that writes and deletes many files does not grow the sidecar: a deleted file's
+    state goes once it is read to its end; a file created again under that name is new."""
+    r = start(tmp_path, [regex_watcher("e", "X", "true")], backend)
+    running.append(r)
+    for i in range(30):
+        p = tmp_path / f"t{i}.log"
+        p.write_text(f"X {i}\n")
+        wait_until(lambda i=i: r.engine.counts["matches"] >= i + 1)  # type: ignore[misc]
+        p.unlink()
+    wait_until(lambda: len(r.engine.files) == 0)
+    (tmp_path / "t0.log").write_text("X again\n")
+    wait_until(lambda: r.engine.counts["matches"] >= 31)
+    r.stop()
+    assert sorted(m["line"] for m in r.recs("match"))[-1] == "X again"
+    assert len(r.recs("match")) == 31
