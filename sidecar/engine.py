@@ -870,14 +870,17 @@ class Engine:
                 for n in st.stale_watchers:
                     self.stale.pop((n, path), None)
             self._fire_file_event(st.event_watchers, ev, st.directory)
-            if ev.kind == FileEventKind.REMOVE and not os.path.exists(path):
-                # forget a deleted file once it is read to its end (a job that writes many
-                # short-lived files must not grow the sidecar); created again, it is new
-                if st.tailer is None or not (st.tailer.more or st.tailer.is_open):
-                    self.files.pop(path, None)
-                    self._pending_reads.discard(path)
-                    if st.tailer is not None:
-                        st.tailer.close()
+            # forget a deleted file once it is read to its end (a job that writes many
+            # short-lived files must not grow the sidecar); created again, it is new
+            if (
+                ev.kind == FileEventKind.REMOVE
+                and not os.path.exists(path)
+                and (st.tailer is None or not (st.tailer.more or st.tailer.is_open))
+            ):
+                self.files.pop(path, None)
+                self._pending_reads.discard(path)
+                if st.tailer is not None:
+                    st.tailer.close()
         if self._reload_pending:
             self._reload_pending = False
             self.reload("config file changed")
