@@ -16,11 +16,11 @@ the lines after it do. Lines written while no sidecar ran are read then.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import socket
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -43,7 +43,7 @@ def state_dir_for(event_log_path: Optional[str], cwd: str) -> str:
 
 
 def state_key(job_id: Optional[str], host: str, config_id: str) -> str:
-    h = hashlib.sha256(config_id.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    h = "%08x" % zlib.crc32(config_id.encode("utf-8", "surrogateescape"))
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job_id or 'nojob'}-{host.split('.')[0]}-{h}")
     return safe
 
