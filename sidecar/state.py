@@ -43,7 +43,7 @@ def state_dir_for(event_log_path: Optional[str], cwd: str) -> str:
 
 
 def state_key(job_id: Optional[str], host: str, config_id: str) -> str:
-    h = "%08x" % zlib.crc32(config_id.encode("utf-8", "surrogateescape"))
+    h = f"{zlib.crc32(config_id.encode('utf-8', 'surrogateescape')):08x}"
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job_id or 'nojob'}-{host.split('.')[0]}-{h}")
     return safe
 
