@@ -74,8 +74,10 @@ def _alerts(rng: random.Random, ts: str, step: int) -> List[str]:
     if k == 2:
         return [f"{ts} WARNING [amp.py:77] NaN loss detected at step {step}, scaling down"]
     if k == 3:
-        return ["/var/spool/slurmd/job123/slurm_script: line 42: 31337 Segmentation fault "
-                "(core dumped) python train.py"]
+        return [
+            "/var/spool/slurmd/job123/slurm_script: line 42: 31337 Segmentation fault "
+            "(core dumped) python train.py"
+        ]
     if k == 4:
         return [
             f"[E ProcessGroupNCCL.cpp:828] [Rank {rank}] Watchdog caught collective operation "
@@ -119,7 +121,8 @@ def generate(path: str, size: int, seed: int, loss_rate: float, alert_rate: floa
                 if step % 100000 == 0:
                     epoch += 1
                 sec += 1
-                ts = f"2024-05-{1 + sec // 86400 % 28:02d} {sec // 3600 % 24:02d}:{sec // 60 % 60:02d}:{sec % 60:02d},{ri(1000):03d}"
+                day, hour, minute = 1 + sec // 86400 % 28, sec // 3600 % 24, sec // 60 % 60
+                ts = f"2024-05-{day:02d} {hour:02d}:{minute:02d}:{sec % 60:02d},{ri(1000):03d}"
                 x = r()
                 if x < alert_rate:
                     for ln in _alerts(rng, ts, step):
@@ -189,8 +192,16 @@ def generate(path: str, size: int, seed: int, loss_rate: float, alert_rate: floa
 
 
 def _simple_chunks(path: str) -> Iterator[Any]:
+    """1 MiB blocks cut after the last \\n. Lines are counted as the tailer must, but a
+    chunk is searched for \\r\\n with RE2 (~0.02 ms/MB) before bytes.count(b"\\r\\n")
+    (~0.9 ms/MB) is paid: tqdm logs have many lone \\r and no \\r\\n."""
+    import re2
+
     from sidecar.types import Chunk
 
+    opts = re2.Options()
+    opts.encoding = re2.Options.Encoding.LATIN1
+    crlf = re2.compile(b"\\r\\n", opts)
     lineno = 1
     off = 0
     rest = b""
@@ -210,7 +221,9 @@ def _simple_chunks(path: str) -> Iterator[Any]:
             off += len(body)
             n = body.count(b"\n")
             if b"\r" in body:
-                n += body.count(b"\r") - body.count(b"\r\n")
+                n += body.count(b"\r")
+                if crlf.search(body) is not None:
+                    n -= body.count(b"\r\n")
             lineno += n
     if rest:
         yield Chunk(path, rest, off, lineno, partial=True)
@@ -242,7 +255,7 @@ def chunk_source(kind: str) -> Tuple[str, Callable[[str], Iterator[Any]]]:
         except ImportError:
             if kind == "tailer":
                 raise
-    return "simple 1 MiB reader", _simple_chunks
+    return "simple 1 MiB reader (see _simple_chunks)", _simple_chunks
 
 
 # --------------------------------------------------------------------------- timing
@@ -284,6 +297,7 @@ def run_chunks_only(path: str, source: Callable[[str], Iterator[Any]]) -> Tuple[
 def run_matcher(
     path: str, source: Callable[[str], Iterator[Any]]
 ) -> Tuple[float, float, Dict[str, int], int]:
+    """(wall s, cpu s, matches per rule, lines scanned) of MultiMatcher over ``source``."""
     from sidecar.matcher import MultiMatcher
     from sidecar.model import RegexTrigger
 
@@ -291,37 +305,55 @@ def run_matcher(
         [(name, RegexTrigger(pat, captures=CAPTURES.get(name, ()))) for name, pat, _g in PATTERNS]
     )
     counts: Dict[str, int] = {name: 0 for name, _p, _g in PATTERNS}
-    lines_seen = 0
+    last = None
     c0 = _cpu_self()
     t0 = time.perf_counter()
     scan = mm.scan
     for ch in source(path):
         for key, _m in scan(ch):
             counts[key] += 1  # type: ignore[index]
-        lines_seen = ch.lineno
+        last = ch
     wall = time.perf_counter() - t0
-    return wall, _cpu_self() - c0, counts, lines_seen
+    cpu = _cpu_self() - c0
+    lines = 0
+    if last is not None:
+        d = last.data
+        lines = last.lineno - 1 + d.count(b"\n") + d.count(b"\r") - d.count(b"\r\n")
+        lines += 0 if d.endswith((b"\n", b"\r")) else 1
+    return wall, cpu, counts, lines
 
 
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size-mb", type=int, default=1024, help="log size (default 1024)")
     ap.add_argument("--dir", default="/tmp", help="where the log goes (default /tmp)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--loss-rate", type=float, default=0.05,
-                    help="fraction of log events that are 'loss:' lines (default 0.05)")
-    ap.add_argument("--alert-rate", type=float, default=2e-5,
-                    help="fraction of log events that are alerts (default 2e-5)")
+    ap.add_argument(
+        "--loss-rate",
+        type=float,
+        default=0.05,
+        help="fraction of log events that are 'loss:' lines (default 0.05)",
+    )
+    ap.add_argument(
+        "--alert-rate",
+        type=float,
+        default=2e-5,
+        help="fraction of log events that are alerts (default 2e-5)",
+    )
     ap.add_argument("--reader", choices=("auto", "tailer", "simple"), default="auto")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each timing; best is kept")
     ap.add_argument("--keep", action="store_true", help="keep the generated log")
     ap.add_argument("--no-check", action="store_true", help="skip the per-pattern grep counts")
     a = ap.parse_args(argv)
 
-    tag = hashlib.sha1(f"{a.size_mb}/{a.seed}/{a.loss_rate}/{a.alert_rate}/v1".encode()).hexdigest()[:10]
+    tag = hashlib.sha1(
+        f"{a.size_mb}/{a.seed}/{a.loss_rate}/{a.alert_rate}/v1".encode()
+    ).hexdigest()[:10]
     path = os.path.join(a.dir, f"sidecar-scan-bench-{a.size_mb}mb-{tag}.log")
     patfile = path + ".patterns.txt"
     try:
@@ -332,8 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"generating {a.size_mb} MiB of log in {path} ...", flush=True)
             generate(path, a.size_mb * MiB, a.seed, a.loss_rate, a.alert_rate)
             print(f"  generated in {time.perf_counter() - t0:.1f}s")
-        with open(patfile, "w", encoding="utf-8") as f:
-            f.write("".join(g + "\n" for _n, _p, g in PATTERNS))
+        with open(patfile, "w", encoding="utf-8") as pf:
+            pf.write("".join(g + "\n" for _n, _p, g in PATTERNS))
         size = os.path.getsize(path)
         mb = size / 1e6
         with open(path, "rb") as f:  # warm the page cache, count lines the way sidecar does
@@ -351,13 +383,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         src_name, source = chunk_source(a.reader)
         best_src = min(run_chunks_only(path, source) for _ in range(a.repeat))
         best_mm = min((run_matcher(path, source) for _ in range(a.repeat)), key=lambda x: x[0])
-        mm_wall, mm_cpu, counts, last_lineno = best_mm
+        mm_wall, mm_cpu, counts, scanned = best_mm
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         greps: List[Tuple[str, float, float, str]] = []
         base_env = dict(os.environ)
         locales = [("LC_ALL=C", {**base_env, "LC_ALL": "C"})]
-        default_loc = base_env.get("LC_ALL") or base_env.get("LC_CTYPE") or base_env.get("LANG") or "unset"
+        default_loc = (
+            base_env.get("LC_ALL") or base_env.get("LC_CTYPE") or base_env.get("LANG") or "unset"
+        )
         locales.append((f"default locale ({default_loc})", base_env))
         if "utf" not in default_loc.lower():
             locales.append(("LC_ALL=C.UTF-8", {**base_env, "LC_ALL": "C.UTF-8"}))
@@ -379,10 +413,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for label, w, c, _out in greps:
             row(f"grep -cEf, {label}", w, c)
         print()
-        for label, w, _c, out in greps:
-            print(f"sidecar / grep ({label}): {w / mm_wall:.2f}   (grep -cEf count {out})")
+        for label, w, c, out in greps:
+            print(
+                f"sidecar / grep ({label}): {w / mm_wall:.2f} by wall time, "
+                f"{c / mm_cpu:.2f} by CPU time   (grep -cEf count {out})"
+            )
         total = sum(counts.values())
-        print(f"sidecar matches: {total:,} (lines x rules); lines scanned {last_lineno - 1:,}")
+        print(f"sidecar matches: {total:,} (lines x rules); lines scanned {scanned:,}")
 
         ok = True
         if not a.no_check:
@@ -391,8 +428,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             env_c = {**base_env, "LC_ALL": "C"}
             gsum = 0
             for name, _p, g in PATTERNS:
-                out = subprocess.run(["grep", "-cE", g, path], env=env_c, capture_output=True,
-                                     text=True, check=False).stdout.strip()
+                out = subprocess.run(
+                    ["grep", "-cE", g, path], env=env_c, capture_output=True, text=True, check=False
+                ).stdout.strip()
                 gc = int(out or 0)
                 gsum += gc
                 flag = "" if gc == counts[name] else "   <-- MISMATCH"

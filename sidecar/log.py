@@ -28,11 +28,34 @@ def configure(
         _apply()
 
 
+class _Stderr:
+    """sys.stderr as it is at each write, never raising: a closed or broken stderr (the
+    job's output file gone, a pipe whose reader left) must not take the daemon down."""
+
+    def write(self, s: str) -> int:
+        try:
+            return sys.stderr.write(s)
+        except Exception:
+            return 0
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+    def isatty(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except Exception:
+            return False
+
+
 def _apply() -> None:
     global _configured
     import structlog
 
-    stream = _settings["stream"] or sys.stderr
+    stream = _settings["stream"] or _Stderr()
     json = _settings["json"]
     if json is None:
         json = not (hasattr(stream, "isatty") and stream.isatty())

@@ -13,9 +13,10 @@ This module computes exactly that without looking at most lines from Python:
   (Unicode ``\\d``/``\\w``/``\\s``, Python's case folding, ``^``/``$``/``\\A``/``\\Z`` as line
   anchors, ``.`` and negated classes never crossing a line end). What RE2 cannot say with the
   same meaning (lookaround, backreferences, possessive quantifiers, atomic and conditional
-  groups, repeated groups that can match empty, counted repeats over 1000) runs on Python
-  ``re`` instead, on the candidate lines found by an RE2 *relaxation* of the pattern
-  (lookarounds dropped, backreferences widened, ...) that matches a superset of lines.
+  groups, repeats of something that can match empty, where the two engines differ; counted
+  repeats over 1000) runs on Python ``re`` instead, on the candidate lines found by an RE2
+  *relaxation* of the pattern (lookarounds dropped, backreferences widened, ...) that
+  matches a superset of lines.
 * A chunk is scanned as one buffer of raw bytes by *wide* forms of the patterns, compiled as
   Latin-1 so that any byte sequence is valid: exact on ASCII lines, and on other lines a
   superset (a non-ASCII character is any run of bytes >= 0x80). Hits on ASCII lines are
@@ -31,15 +32,20 @@ This module computes exactly that without looking at most lines from Python:
 * ``\\r`` terminators become ``\\n`` (on a copy, only for chunks that contain ``\\r``); line
   numbers count terminators exactly.
 
-``\\b``/``\\B`` mean ASCII word boundaries in RE2 and Unicode ones in Python: such rules are
-exact on ASCII chunks and are checked with Python ``re`` on non-ASCII candidate lines. One
-known difference remains: characters that the Python's Unicode database (13.0 in 3.9, 14.0
-in 3.11) does not know yet but RE2's does are classified by RE2 for ``\\d`` and ``\\w``.
+Known differences from the definition, all deliberate:
+
+* ``\\b``/``\\B`` are ASCII word boundaries in RE2 and Unicode ones in Python: such rules are
+  exact on ASCII chunks and checked with Python ``re`` on non-ASCII candidate lines, except
+  when the pattern looks able to backtrack catastrophically (:func:`compile_check` says so):
+  then RE2's ASCII boundaries are used on those lines too, rather than risk a hang.
+* characters that the Python's Unicode database (13.0 in 3.9, 14.0 in 3.11) does not know
+  yet but RE2's does are classified by RE2 for ``\\d`` and ``\\w``.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
@@ -194,8 +200,8 @@ _ASCII_DIGIT: Tuple[Span, ...] = ((0x30, 0x39),)
 _ASCII_WORD: Tuple[Span, ...] = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
 
 
-#: Python < 3.14: \B never matches an empty string (RE2's does, at 0)
-_PY_NB_EMPTY = re.search("\\B", "") is not None
+#: before Python 3.14, \\B never matches an empty string (RE2's does, at 0)
+_PY_NB_EMPTY = sys.version_info >= (3, 14)
 
 
 def _has_non_boundary(items: Any) -> bool:
@@ -435,9 +441,10 @@ class _Emitter:
         lo, hi, body = av
         if op is _POSSESSIVE_REPEAT:
             self._no("a possessive quantifier")
-        if self.exact and hi != 1 and _nullable(body) and _has_capture(body):
-            # e.g. (a*)+ on "aa": Python's group 1 is "", RE2's "aa"
-            raise _Untranslatable("a repeated group that can match the empty string")
+        if self.exact and hi != 1 and _nullable(body) and not _zero_width(body):
+            # RE2 and Python differ on empty iterations: (a*)+ on "aa" gives group 1 = ""
+            # in Python and "aa" in RE2; (?:b+|\w*?)* on "b1" matches "b" and "b1"
+            raise _Untranslatable("a repeated part that can match the empty string")
         inner = "(?:" + self.seq(body, flags) + ")"
         unbounded = hi is _MAXREPEAT or hi == _MAXREPEAT
         if not self.exact and (lo > self.max_count or (not unbounded and hi > self.max_count)):
@@ -582,15 +589,6 @@ def _children(op: Any, av: Any) -> List[Any]:
     return []
 
 
-def _has_capture(items: Any) -> bool:
-    for op, av in items:
-        if op is _SUBPATTERN and av[0] is not None:
-            return True
-        if any(_has_capture(ch) for ch in _children(op, av)):
-            return True
-    return False
-
-
 def _first_chars(items: Any) -> Optional[FrozenSet[int]]:
     """Code points a match can start with (-1: it can be empty); None = unknown/anything."""
     for op, av in items:
@@ -604,15 +602,30 @@ def _first_chars(items: Any) -> Optional[FrozenSet[int]]:
     return frozenset((-1,))
 
 
+def _zero_width(items: Any) -> bool:
+    for op, av in items:
+        if op is _SUBPATTERN:
+            if not _zero_width(av[3]):
+                return False
+        elif op is _BRANCH:
+            if not all(_zero_width(alt) for alt in av[1]):
+                return False
+        elif op is not _AT and op is not _ASSERT and op is not _ASSERT_NOT:
+            return False
+    return True
+
+
 def _danger(items: Any, in_repeat: bool = False) -> Optional[str]:
-    """Why the pattern may backtrack catastrophically in Python re, or None. A heuristic."""
+    """Why the pattern may backtrack catastrophically in Python re, or None. A heuristic:
+    a repeat (of 3 or more) around a variable repeat, around something that can match empty
+    and also consume, or around an alternation whose branches can start alike."""
     for op, av in items:
         if op is _MAX_REPEAT or op is _MIN_REPEAT:
             lo, hi, body = av
             if in_repeat and hi != lo:
                 return "nested quantifiers (like (a+)+ or (.*)*)"
-            if hi is _MAXREPEAT or hi == _MAXREPEAT or hi > 1:
-                if _nullable(body):
+            if hi is _MAXREPEAT or hi == _MAXREPEAT or hi >= 3:
+                if _nullable(body) and not _zero_width(body):
                     return "a repeated part that can match the empty string (like (a?)*)"
                 r = _danger(body, True) or _branch_overlap(body)
             else:
@@ -1040,6 +1053,9 @@ class MultiMatcher:
         if problems:
             raise PatternError(problems)
         self._rules = built
+        self._keys = [r.key for r in built]
+        self._named = [r.named for r in built]
+        self._any_nb_empty = any(r.c.nb_empty for r in built)
         self._plans: Dict[bool, List[_Pass]] = {}
         self._failed_logged = False
 
@@ -1094,10 +1110,10 @@ class MultiMatcher:
                 keep = vk == _V_NONE
                 while pos < n:
                     sp = fn(U, buf, pos, n)
-                    p = sp[0][0]
+                    p, e = sp[0]
                     if p < 0:
                         break
-                    le = find(b"\n", p)
+                    le = find(b"\n", e)  # the match never holds a \n
                     if le < 0:
                         if phantom:
                             break
@@ -1136,7 +1152,11 @@ class MultiMatcher:
         self, chunk: Chunk, buf: bytes, hits: List[Hit]
     ) -> List[Tuple[Hashable, LineMatch]]:
         out: List[Tuple[Hashable, LineMatch]] = []
+        append = out.append
         rules = self._rules
+        keys = self._keys
+        named = self._named
+        any_nb = self._any_nb_empty
         path = chunk.path
         lineno = chunk.lineno
         count = buf.count
@@ -1146,35 +1166,60 @@ class MultiMatcher:
         cur = -1
         prev_idx = -1
         line = ""
-        line_ascii = True
+        fast = True  # an ASCII line: the wide forms' spans are final, offsets are chars
         src = buf  # what spans index: the buffer, or the repaired line
         base = 0  # where the line starts in src
         end = 0
         for ls, idx, le, vk, spans in hits:
-            if ls == cur:
-                if idx == prev_idx:
-                    continue  # found again by another pass of a split rule
-            else:
+            if ls != cur:
                 lineno += count(b"\n", last, ls)
                 last = cur = ls
                 lb = buf[ls:le]
                 src, base, end = buf, ls, le
                 try:
                     line = lb.decode("utf-8")
-                    line_ascii = len(line) == le - ls
+                    fast = len(line) == le - ls and (not any_nb or le > ls)
                 except UnicodeDecodeError:
                     line = lb.decode("utf-8", "replace")
-                    line_ascii = False
+                    fast = False
                     src = line.encode("utf-8")
                     base, end = 0, len(src)
+            elif idx == prev_idx:
+                continue  # found again by another pass of a split rule
             prev_idx = idx
-            r = rules[idx]
-            c = r.c
+            if vk == _V_NONE and fast:  # the common case, kept short
+                s, e = spans[0]
+                ns = len(spans)
+                if ns == 1:
+                    groups: Tuple[Optional[str], ...] = ()
+                elif ns == 2:
+                    a, b = spans[1]
+                    groups = (None if a < 0 else line[a - base : b - base],)
+                else:
+                    groups = tuple(
+                        None if a < 0 else line[a - base : b - base] for a, b in spans[1:]
+                    )
+                append(
+                    (
+                        keys[idx],
+                        new(
+                            path,
+                            lineno,
+                            line,
+                            line[s - base : e - base],
+                            groups,
+                            named[idx](groups),
+                        ),
+                    )
+                )
+                continue
+            c = rules[idx].c
+            ascii_line = len(line) == end - base
             if c.nb_empty and not line:
                 vk = _V_PY
-            if vk == _V_NONE and line_ascii:
+            if vk == _V_NONE and ascii_line:
                 pass
-            elif vk in (_V_RE2, _V_NONE) or (vk == _V_BOUND and (line_ascii or c.danger)):
+            elif vk in (_V_RE2, _V_NONE) or (vk == _V_BOUND and (ascii_line or c.danger)):
                 assert c.exact is not None
                 spans = c.exact(U, src, base, end)
                 if spans[0][0] < 0:
@@ -1184,27 +1229,18 @@ class MultiMatcher:
                 if m is None:
                     continue
                 groups = m.groups()
-                out.append((r.key, new(path, lineno, line, m.group(), groups, r.named(groups))))
+                append((keys[idx], new(path, lineno, line, m.group(), groups, named[idx](groups))))
                 continue
             s, e = spans[0]
-            if line_ascii:
+            if ascii_line:
                 text = line[s - base : e - base]
-                ns = len(spans)
-                if ns == 1:
-                    groups = ()
-                elif ns == 2:
-                    a, b = spans[1]
-                    groups = (None if a < 0 else line[a - base : b - base],)
-                else:
-                    groups = tuple(
-                        None if a < 0 else line[a - base : b - base] for a, b in spans[1:]
-                    )
+                groups = tuple(None if a < 0 else line[a - base : b - base] for a, b in spans[1:])
             else:
                 text = src[s:e].decode("utf-8", "replace")
                 groups = tuple(
                     None if a < 0 else src[a:b].decode("utf-8", "replace") for a, b in spans[1:]
                 )
-            out.append((r.key, new(path, lineno, line, text, groups, r.named(groups))))
+            append((keys[idx], new(path, lineno, line, text, groups, named[idx](groups))))
         return out
 
     # -- the slow path: line by line with Python re (no re2, or a bug above) ------------------
@@ -1260,6 +1296,12 @@ def compile_check(trigger: RegexTrigger) -> Tuple[str, Optional[str]]:
             )
         if c.relaxed_broad:
             msgs.append("nothing to pre-filter lines on: every line is checked with Python re")
+    elif c.unicode_boundary and c.danger:
+        msgs.append(
+            f"on lines with non-ASCII characters its \\b/\\B are ASCII word boundaries: the "
+            f"exact Unicode ones would need Python re, which {c.danger} could make take "
+            "exponential time"
+        )
     n_caps = len(trigger.captures)
     if n_caps > c.ngroups:
         extra = ", ".join(trigger.captures[c.ngroups :])
