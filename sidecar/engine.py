@@ -84,6 +84,7 @@ class _FileState:
     matcher: Any = None
     directory: str = ""
     saved: Optional[stmod.FileResume] = None  # what the state file says for this file
+    saved_pos_id: Optional[Tuple[int, int]] = None  # the file the tailer is on now
     suppress: Tuple[int, int] = (0, 0)  # after a resume: these line numbers fired already
 
 
@@ -155,6 +156,9 @@ class Engine:
         self._started_iso = ""
         self._last_event: Dict[str, str] = {}
         self._excluded: Set[str] = set()
+        self._excluded_dirs: Tuple[str, ...] = ()
+        self._dropin_default = False
+        self._read_to: Dict[Tuple[int, int], Tuple[int, int, bytes]] = {}  # dev, ino -> end
         self._prom: Any = None
         self._prom_dirty = False
         self._config_paths: Set[str] = set()
@@ -282,11 +286,7 @@ class Engine:
         )
         if not os.path.isabs(path):
             path = os.path.join(self.cwd, path)
-        self.state_path = path
-        self.control_dir = stmod.control_dir(path)
-        if self.dropin_dir is None:
-            self.dropin_dir = path[: -len(".json")] + ".d"
-        self._excluded = {p for p in (self.event_log_path, path) if p}
+        self._set_state_path(path)
         prev = stmod.read_state(path)
         if prev is None:
             return
@@ -300,8 +300,7 @@ class Engine:
             self.log.warning(
                 "another sidecar keeps this state file; not resuming", pid=pid, state=path
             )
-            self.state_path = path[: -len(".json")] + f"-{os.getpid()}.json"
-            self.control_dir = stmod.control_dir(self.state_path)
+            self._set_state_path(_stem(path) + f"-{os.getpid()}.json", keep_dropin=True)
             return
         self._resume = stmod.resume_positions(prev)
         for name, w in (prev.get("watchers") or {}).items():
@@ -323,11 +322,26 @@ class Engine:
             "files": len(self._resume),
         }
 
+    def _set_state_path(self, path: str, keep_dropin: bool = False) -> None:
+        self.state_path = path
+        self.control_dir = stmod.control_dir(path)
+        if self.dropin_dir is None or not keep_dropin and self._dropin_default:
+            self.dropin_dir = _stem(path) + ".d"
+            self._dropin_default = True
+        self._excluded = {p for p in (self.event_log_path, path) if p}
+        own = [self.control_dir, self.dropin_dir]
+        if os.path.basename(os.path.dirname(path)) == stmod.STATE_DIR:
+            own.append(os.path.dirname(path))
+        self._excluded_dirs = tuple(d.rstrip(os.sep) + os.sep for d in own if d)
+
     def _is_excluded(self, path: str) -> bool:
+        """The sidecar's own files: the event log, the state file (and its temporary
+        files), the control and drop-in directories, and the default ``.sidecar`` dir."""
         if path in self._excluded:
             return True
-        sd = os.path.dirname(self.state_path or "")
-        return bool(sd) and path.startswith(sd + os.sep)
+        if self.state_path and path.startswith(self.state_path + "."):
+            return True
+        return path.startswith(self._excluded_dirs) if self._excluded_dirs else False
 
     def _mark_dirty(self) -> None:
         if self._state_dirty_at is None:
@@ -507,6 +521,8 @@ class Engine:
             if res is not None:
                 position = TailPosition(res.dev, res.inode, res.offset, res.lineno)
                 st.suppress = (res.lineno, res.fired_through)
+            elif not existing:
+                position = self._renamed_position(path)
             st.tailer = Tailer(
                 path,
                 start_at=start_at,
@@ -516,6 +532,13 @@ class Engine:
             )
             if position is not None and st.tailer.position() != position:
                 st.suppress = (0, 0)  # the file is not the one saved: read it whole
+            pos = st.tailer.position()
+            if pos.dev or pos.inode:
+                # known from the start, so a state saved before anything new is read still
+                # has this file's position (and the lines that fired already)
+                st.saved = stmod.FileResume(
+                    pos.dev, pos.inode, pos.offset, pos.lineno, st.suppress[1]
+                )
             st.matcher = self._matcher_for(tuple(regex_w))
         now = self.clock()
         for n in stale_w:
@@ -528,6 +551,31 @@ class Engine:
             self.stale[(n, path)] = StaleTracker(n, path, w.trigger.timeout, now)
         self.files[path] = st
         return st
+
+    def _renamed_position(self, path: str) -> Any:
+        """A file that appears under a watched name but was already read under another
+        (``job.log`` renamed to ``job.log.1`` with both names watched) goes on from where
+        it was read to, instead of being read again from its start."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        seen = self._read_to.get((st.st_dev, st.st_ino))
+        if seen is None:
+            return None
+        end, lineno, tail = seen
+        if st.st_size < end or not tail:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(end - len(tail))
+                if fh.read(len(tail)) != tail:
+                    return None  # another file that got the same inode number
+        except OSError:
+            return None
+        from sidecar.tailer import TailPosition
+
+        return TailPosition(st.st_dev, st.st_ino, end, lineno)
 
     def _matcher_for(self, names: Tuple[str, ...]) -> Any:
         m = self._matchers.get(names)
@@ -933,11 +981,24 @@ class Engine:
             self._pending_reads.discard(path)
         if not chunks:
             return
+        pos = st.tailer.position()
+        st.saved_pos_id = (pos.dev, pos.inode)
         for ch in chunks:
             self._scan(st, ch)
-        pos = st.tailer.position()
         st.saved = stmod.FileResume(pos.dev, pos.inode, pos.offset, pos.lineno, 0)
+        last = [c for c in chunks if (c.dev, c.inode) == (pos.dev, pos.inode) and not c.partial]
+        if last:
+            self._remember_read_to(pos.dev, pos.inode, pos.offset, pos.lineno, last[-1].data[-64:])
         self._mark_dirty()
+
+    def _remember_read_to(self, dev: int, ino: int, end: int, lineno: int, tail: bytes) -> None:
+        """Where a file (by identity) was read to, and its last bytes there: a rename of it
+        into another watched name continues from that point instead of reading it again.
+        The bytes tell a renamed file from a new file that reuses a freed inode number."""
+        self._read_to.pop((dev, ino), None)
+        self._read_to[(dev, ino)] = (end, lineno, tail)
+        if len(self._read_to) > 1024:
+            del self._read_to[next(iter(self._read_to))]
 
     def _continue_reads(self) -> None:
         for path in list(self._pending_reads):
@@ -945,8 +1006,23 @@ class Engine:
 
     def _scan(self, st: _FileState, chunk: Chunk) -> None:
         self.counts["bytes"] += len(chunk.data)
-        pos = st.tailer.position()
-        st.saved = stmod.FileResume(pos.dev, pos.inode, chunk.offset, chunk.lineno, 0)
+        if chunk.dev or chunk.inode:
+            dev, ino = chunk.dev, chunk.inode
+        else:
+            pos = st.tailer.position()
+            dev, ino = pos.dev, pos.inode
+        st.saved = stmod.FileResume(dev, ino, chunk.offset, chunk.lineno, 0)
+        if not chunk.partial and (dev, ino) != (st.saved_pos_id if st.saved_pos_id else (dev, ino)):
+            # the last lines of a file rotated away: remember where it was read to
+            from sidecar.tailer import _count_lines
+
+            self._remember_read_to(
+                dev,
+                ino,
+                chunk.offset + len(chunk.data),
+                chunk.lineno + _count_lines(chunk.data),
+                chunk.data[-64:],
+            )
         try:
             hits = st.matcher.scan(chunk)
         except Exception as exc:
@@ -1337,6 +1413,10 @@ def _exit_code(status: Optional[int]) -> Optional[int]:
     if status is None:
         return None
     return status if status >= 0 else 128 - status
+
+
+def _stem(path: str) -> str:
+    return path[: -len(".json")] if path.endswith(".json") else path
 
 
 def _has_toml(directory: str) -> bool:

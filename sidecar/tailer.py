@@ -156,7 +156,15 @@ class Tailer:
             return None
         buf, self._buf = self._buf, b""
         self._lineno += 1
-        return Chunk(self.path, buf, self._off - len(buf), self._lineno - 1, partial=True)
+        return Chunk(
+            self.path,
+            buf,
+            self._off - len(buf),
+            self._lineno - 1,
+            partial=True,
+            dev=self._dev,
+            inode=self._ino,
+        )
 
     def position(self) -> TailPosition:
         if self._fd is None:
@@ -424,9 +432,28 @@ class Tailer:
                 # a line of more than m bytes starts at ls
                 if ls > pos:
                     head = block[pos:ls]
-                    out.append(Chunk(path, head, block_off + pos, self._lineno))
+                    out.append(
+                        Chunk(
+                            path,
+                            head,
+                            block_off + pos,
+                            self._lineno,
+                            dev=self._dev,
+                            inode=self._ino,
+                        )
+                    )
                     self._lineno += _count_lines(head)
-                out.append(Chunk(path, block[ls : ls + m], block_off + ls, self._lineno, cut=True))
+                out.append(
+                    Chunk(
+                        path,
+                        block[ls : ls + m],
+                        block_off + ls,
+                        self._lineno,
+                        cut=True,
+                        dev=self._dev,
+                        inode=self._ino,
+                    )
+                )
                 self._lineno += 1
                 t = _TERM.search(block, limit)
                 if t is None:
@@ -445,7 +472,9 @@ class Tailer:
             return
         end = last + 1
         lines = block[pos:end] if (pos or end < size) else block
-        out.append(Chunk(path, lines, block_off + pos, self._lineno))
+        out.append(
+            Chunk(path, lines, block_off + pos, self._lineno, dev=self._dev, inode=self._ino)
+        )
         self._lineno += _count_lines(lines)
         if end == size:
             if block[last] == _CR:

@@ -59,6 +59,7 @@ class Chunk:
     (``partial`` is True).
     ``offset`` is the file offset of ``data[0]``; ``lineno`` the 1-based number of its first
     line in the current incarnation of the file (a truncation or a new inode restarts at 1).
+    ``dev`` and ``inode`` identify that incarnation (0 when unknown).
     """
 
     path: str
@@ -67,6 +68,8 @@ class Chunk:
     lineno: int
     cut: bool = False
     partial: bool = False
+    dev: int = 0  # the identity of the file the bytes were read from (a rotation can
+    inode: int = 0  # deliver the old file's last lines after the path names a new one)
 
 
 @dataclass(frozen=True)
