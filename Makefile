@@ -26,3 +26,6 @@ ci: lint test
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+torture: install    ## the torture, fault and bad-input suites, long version (docs/reliability.md)
+	SIDECAR_TORTURE=1 $(PYTHON) -m pytest -q -ra -o timeout=900 tests/torture
