@@ -33,7 +33,7 @@ class Procs:
     group; only processes started here are ever signalled, by pid / their own group."""
 
     def __init__(self) -> None:
-        self._procs: List["subprocess.Popen[bytes]"] = []
+        self._procs: List[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
 
     def start(
@@ -45,7 +45,7 @@ class Procs:
         env: Optional[Mapping[str, str]] = None,
         stdout: Any = subprocess.DEVNULL,
         stderr: Any = subprocess.DEVNULL,
-    ) -> "subprocess.Popen[bytes]":
+    ) -> subprocess.Popen[bytes]:
         # Own process group (to be killed as one), but the same session as this benchmark:
         # with autogroup scheduling (sched_autogroup_enabled=1) niceness only counts between
         # processes of one session, and a sidecar started by a batch script shares the job's.
@@ -76,7 +76,7 @@ class Procs:
         return p
 
     @staticmethod
-    def end(p: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM, grace: float = 10.0) -> Optional[int]:
+    def end(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> Optional[int]:
         """Send ``sig`` to the process; after ``grace`` s SIGKILL its process group."""
         if p.poll() is not None:
             return p.returncode
@@ -138,10 +138,12 @@ def install_signal_handlers() -> None:
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _raise)
+    # Ctrl-C too, even when started in the background (where SIGINT is inherited ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextmanager
-def cpu_load(procs: Procs, n: int) -> Iterator[List["subprocess.Popen[bytes]"]]:
+def cpu_load(procs: Procs, n: int) -> Iterator[List[subprocess.Popen[bytes]]]:
     """``n`` busy loops (``python3 -c 'while True: pass'``) at normal priority, killed on exit."""
     ps = [procs.start([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
@@ -214,6 +216,50 @@ def proc_status(pid: int) -> Dict[str, int]:
     return out
 
 
+class MachineBusy:
+    """How many cores were busy on average between :meth:`start` and :meth:`cores`
+    (``/proc/stat``; everything counts: the benchmark itself and whatever else runs on the
+    machine - the figures of an "idle machine" are only as good as this says)."""
+
+    def __init__(self) -> None:
+        self._t0 = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return (0, 0)
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        total = sum(v[:8])
+        return (total - idle, total)
+
+    def start(self) -> MachineBusy:
+        self._t0 = self._read()
+        return self
+
+    def cores(self) -> float:
+        b1, t1 = self._read()
+        b0, t0 = self._t0
+        if t1 <= t0:
+            return float("nan")
+        return (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3, window: float = 1.0) -> float:
+    """Wait (at most ``max_wait`` s) until less than ``threshold`` cores were busy over a
+    ``window``; return the last measured value. On a shared machine other people's work
+    distorts an "idle machine" figure: this is noted with the figures."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b = MachineBusy()
+        time.sleep(window)
+        busy = b.cores()
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
 def niceness(pid: int) -> Optional[int]:
     try:
         return os.getpriority(os.PRIO_PROCESS, pid)
@@ -260,6 +306,7 @@ class Daemon:
         nice: int = 0,
         python_flags: Sequence[str] = (),
         keep_stderr: int = 400,
+        env: Optional[Mapping[str, str]] = None,
     ) -> None:
         full = list(cmd)
         if python_flags:
@@ -276,7 +323,7 @@ class Daemon:
         self.ready_seen: Optional[float] = None  # time.time() when it arrived here
         self.ready_cpu_ns: Optional[int] = None  # its CPU time when the line arrived here
         self.t_spawn = time.time()
-        self.p = procs.start(self.argv, nice=nice, cwd=cwd, stderr=subprocess.PIPE)
+        self.p = procs.start(self.argv, nice=nice, cwd=cwd, env=env, stderr=subprocess.PIPE)
         self.pid = self.p.pid
         self._reader = threading.Thread(target=self._read, args=(self.p.stderr,), daemon=True)
         self._reader.start()

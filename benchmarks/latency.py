@@ -29,8 +29,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks.harness import (
     Daemon,
+    MachineBusy,
     Procs,
     cpu_load,
+    cpu_ticks_s,
     parse_ts,
     proc_status,
     read_events,
@@ -94,7 +96,7 @@ def spawn_floor(probe: str, n: int) -> Dict[str, float]:
     return summary(out)
 
 
-def _config(workdir: str, probe: str, backend: str) -> str:
+def _config(workdir: str, probe: str, backend: str, nice: Optional[int] = None) -> str:
     import tomli_w
 
     cfg: Dict[str, Any] = {
@@ -111,6 +113,8 @@ def _config(workdir: str, probe: str, backend: str) -> str:
             }
         ],
     }
+    if nice is not None:
+        cfg["nice"] = nice
     path = os.path.join(workdir, f"latency-{backend}.toml")
     with open(path, "wb") as f:
         tomli_w.dump(cfg, f)
@@ -130,25 +134,31 @@ def run_latency(
     nice: int = 0,
     load: int = 0,
     catch_up: float = 60.0,
+    profile: Optional[str] = None,
+    config_nice: Optional[int] = None,
 ) -> Dict[str, Any]:
     """One scenario. ``nice``: the daemon starts at this niceness (it then adds its own
-    default ``nice = 10``, capped at 19); ``load``: busy loops at normal priority."""
+    ``nice`` setting, default 10, capped at 19; ``config_nice`` sets it); ``load``: busy
+    loops at normal priority."""
     d = os.path.join(workdir, f"lat-{label}")
     os.makedirs(os.path.join(d, "watched"), exist_ok=True)
     target = os.path.join(d, "watched", "lat.log")
     open(target, "wb").close()
-    config = _config(d, probe, backend)
+    config = _config(d, probe, backend, config_nice)
     events = os.path.join(d, "events.jsonl")
     res: Dict[str, Any] = {"label": label, "lines": lines, "interval_ms": interval * 1000,
                            "backend": backend, "start_nice": nice, "load": load}
 
     def body() -> None:
-        dm = Daemon(procs, cmd, config, events, cwd=d, nice=nice)
-        if not dm.wait_ready(120):
+        flags = ("-m", "cProfile", "-o", profile) if profile else ()
+        dm = Daemon(procs, cmd, config, events, cwd=d, nice=nice, python_flags=flags)
+        if not dm.wait_ready(300):
             raise RuntimeError(dm.describe_failure())
         res["daemon_nice"] = _nice(dm.pid)
-        writer = procs.start([sys.executable, "-c", WRITER, target, str(lines), str(interval)])
+        busy = MachineBusy()
+        cpu0 = cpu_ticks_s(dm.pid)
         t_start = time.monotonic()
+        writer = procs.start([sys.executable, "-c", WRITER, target, str(lines), str(interval)])
         writer.wait()
         res["writer_s"] = time.monotonic() - t_start
 
@@ -160,6 +170,16 @@ def run_latency(
                 return False
 
         res["caught_up"] = wait_for(done, catch_up, 0.1)
+        res["run_s"] = time.monotonic() - t_start
+        # CPU of the daemon (all its threads, ended ones too) while it handled the lines, and
+        # how many it had matched by then (it matches the rest while stopping)
+        res["daemon_cpu_s"] = cpu_ticks_s(dm.pid) - cpu0
+        try:
+            with open(events, "rb") as f:
+                res["matched_in_run"] = f.read().count(b'"kind":"match"')
+        except OSError:
+            res["matched_in_run"] = 0
+        res["machine_busy_cores"] = busy.cores()
         res["vmhwm_kb"] = proc_status(dm.pid)["VmHWM"]
         dm.stop()
 
@@ -169,6 +189,9 @@ def run_latency(
     else:
         body()
     res.update(_analyse(events, lines))
+    if res["matched_in_run"]:
+        res["daemon_cpu_per_line_ms"] = res["daemon_cpu_s"] * 1000 / res["matched_in_run"]
+    res["daemon_cpu_share"] = res["daemon_cpu_s"] / res["run_s"] if res["run_s"] else None
     return res
 
 

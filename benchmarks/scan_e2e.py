@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from benchmarks.harness import (
     Daemon,
     EventTail,
+    MachineBusy,
     Procs,
     cpu_ns,
     parse_ts,
@@ -115,7 +116,7 @@ def _config(workdir: str) -> str:
 
 def run_daemon_scan(
     procs: Procs, cmd: List[str], workdir: str, log_path: str, info: Dict[str, int],
-    timeout: float = 600.0,
+    timeout: float = 600.0, profile: Optional[str] = None,
 ) -> Dict[str, Any]:
     d = os.path.join(workdir, "scan-e2e")
     watched = os.path.join(d, "watched")
@@ -123,7 +124,8 @@ def run_daemon_scan(
     config = _config(d)
     events = os.path.join(d, "events.jsonl")
     res: Dict[str, Any] = {}
-    dm = Daemon(procs, cmd, config, events, cwd=d)
+    flags = ("-m", "cProfile", "-o", profile) if profile else ()
+    dm = Daemon(procs, cmd, config, events, cwd=d, python_flags=flags)
     if not dm.wait_ready(120):
         raise RuntimeError(dm.describe_failure())
     res["daemon_nice"] = os.getpriority(os.PRIO_PROCESS, dm.pid)
@@ -131,6 +133,7 @@ def run_daemon_scan(
     tail.new()
     target = os.path.join(watched, "train.log")
     count_lines(log_path)  # page cache warm right before
+    busy = MachineBusy()
     cpu0 = cpu_ns(dm.pid)
     t0 = time.time()
     os.rename(log_path, target)
@@ -151,6 +154,7 @@ def run_daemon_scan(
                 if ok is False else dm.describe_failure()
             )
         res["wall_s"] = done_ts[0] - t0
+        res["machine_busy_cores"] = busy.cores()
         # idle again = its CPU time stops moving (the last firings' records, then poll())
         last = [cpu_ns(dm.pid)]
 
