@@ -93,15 +93,20 @@ def base_variables(firing: Firing, ctx: JobContext) -> Dict[str, str]:
     return v
 
 
+def _env_safe(v: str) -> str:
+    """An environment value cannot hold a NUL byte (binary garbage in a log line)."""
+    return v.replace("\0", "\ufffd") if "\0" in v else v
+
+
 def haskell_env(firing: Firing) -> Dict[str, str]:
     """NAME, FILE, DIRECTORY, MATCH, TIMEOUT, KIND as the Haskell Sidecar sets them."""
     env = {"NAME": firing.watcher, "TRIGGER": firing.trigger}
     if firing.file is not None:
-        env["FILE"] = firing.file
+        env["FILE"] = _env_safe(firing.file)
     if firing.directory is not None:
-        env["DIRECTORY"] = firing.directory
+        env["DIRECTORY"] = _env_safe(firing.directory)
     if firing.line is not None:
-        env["MATCH"] = firing.line
+        env["MATCH"] = _env_safe(firing.line)
     if firing.timeout is not None:
         env["TIMEOUT"] = _num(firing.timeout)
     if firing.event is not None:
@@ -171,7 +176,7 @@ def prepare(spec: ActionSpec, firing: Firing, ctx: JobContext, settings: Setting
             )
         reason = _text(spec, "reason", variables, f"sidecar watcher {firing.watcher}")
         env = dict(ctx.environ)
-        env["SIDECAR_CANCEL_REASON"] = reason
+        env["SIDECAR_CANCEL_REASON"] = _env_safe(reason)
         cmd = "scancel " + shlex.quote(ctx.job_id)
         return Process(cmd, env, ctx.cwd, timeout, ("stop", f"cancel_job: {reason}"))
     if t == "resubmit":
@@ -319,8 +324,8 @@ def _prepare_notify(
             return Immediate(ActionResult(t, False, error="no url: give url=... or [notify] urls"))
     env = dict(ctx.environ)
     env["SIDECAR_NOTIFY_URLS"] = "\n".join(urls)
-    env["SIDECAR_NOTIFY_TITLE"] = title
-    env["SIDECAR_NOTIFY_BODY"] = body
+    env["SIDECAR_NOTIFY_TITLE"] = _env_safe(title)
+    env["SIDECAR_NOTIFY_BODY"] = _env_safe(body)
     cmd = shlex.quote(sys.executable) + " -m sidecar.notify"
     return Process(cmd, env, ctx.cwd, timeout, shown=f"{t}: {title}")
 

@@ -57,9 +57,27 @@ def _fn_float(*args: Any) -> Any:
     return float(*args)
 
 
+MAX_NDIGITS = 400  # |ndigits| of round(): round(5, -10**9) would compute 10**(10**9)
+MAX_TUPLE_ITEMS = 10_000  # items of a tuple made by + or *, counting nested ones
+
+
+def _leaves(v: Any, limit: int) -> int:
+    """Items of a tuple, nested tuples counted through, stopping past ``limit``."""
+    if not isinstance(v, tuple):
+        return 1
+    n = 0
+    for x in v:
+        n += _leaves(x, limit - n) if isinstance(x, tuple) else 1
+        if n > limit:
+            break
+    return n
+
+
 def _fn_round(*args: Any) -> Any:
     if len(args) == 2 and not (args[1] is None or _is_int(args[1])):
         raise ConditionError("round(): ndigits must be an integer")
+    if len(args) == 2 and args[1] is not None and abs(int(args[1])) > MAX_NDIGITS:
+        raise ConditionError(f"round(): ndigits beyond ±{MAX_NDIGITS}")
     return _check_result(round(*args))
 
 
@@ -99,6 +117,12 @@ def _add(a: Any, b: Any) -> Any:
         and len(a) + len(b) > MAX_SEQUENCE
     ):
         raise ConditionError(f"result too long (more than {MAX_SEQUENCE} items)")
+    if (
+        isinstance(a, tuple)
+        and isinstance(b, tuple)
+        and _leaves(a, MAX_TUPLE_ITEMS) + _leaves(b, MAX_TUPLE_ITEMS) > MAX_TUPLE_ITEMS
+    ):
+        raise ConditionError(f"tuple too large (more than {MAX_TUPLE_ITEMS} items)")
     return _check_result(a + b)
 
 
@@ -109,6 +133,14 @@ def _sub(a: Any, b: Any) -> Any:
 def _repeat_size(seq: Any, n: Any) -> None:
     if isinstance(seq, (str, tuple)) and _is_int(n) and len(seq) * max(int(n), 0) > MAX_SEQUENCE:
         raise ConditionError(f"result too long (more than {MAX_SEQUENCE} items)")
+    # tuples count their nested items: ((x,) * 1000,) * 1000 is a million comparisons for
+    # max() and a huge text for str()
+    if (
+        isinstance(seq, tuple)
+        and _is_int(n)
+        and _leaves(seq, MAX_TUPLE_ITEMS) * max(int(n), 0) > MAX_TUPLE_ITEMS
+    ):
+        raise ConditionError(f"tuple too large (more than {MAX_TUPLE_ITEMS} items)")
 
 
 def _mul(a: Any, b: Any) -> Any:

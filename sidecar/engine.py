@@ -159,6 +159,9 @@ class Engine:
         self._excluded_dirs: Tuple[str, ...] = ()
         self._dropin_default = False
         self._read_to: Dict[Tuple[int, int], Tuple[int, int, bytes]] = {}  # dev, ino -> end
+        # bytes read from one file before others get their turn; two chunks keep the memory
+        # of a big backlog small (a 1 GB file is read 2 MiB at a time, in a loop of reads)
+        self._read_budget = 2 * max(1, self.settings.chunk_size)
         self._prom: Any = None
         self._prom_dirty = False
         self._config_paths: Set[str] = set()
@@ -971,7 +974,7 @@ class Engine:
         if st is None or st.tailer is None:
             return
         try:
-            chunks = st.tailer.read()
+            chunks = st.tailer.read(self._read_budget)
         except Exception as exc:  # a tailer must not take the daemon down
             self._record("error", file=path, message=f"reading failed: {exc!r}")
             return

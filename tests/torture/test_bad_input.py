@@ -526,7 +526,6 @@ BOMBS = [
     ("float(x) ** 100 > 0", {"x": "1e308"}, "fine"),
     ("int(x) > 0", {"x": "9" * 100000}, "fine"),
 ]
-_KNOWN_BOMB_BUGS = {0, 1, 2, 3, 4, 5, 6}
 
 _BOMB_CHILD = r"""
 import json, resource, sys, time
@@ -588,13 +587,7 @@ def bomb_results() -> Dict[int, Tuple[str, str, float, float]]:
         pytest.param(
             i,
             id=BOMBS[i][0][:40],
-            marks=[pytest.mark.xfail(
-                strict=True,
-                reason="BUG (conditions): CPU/memory bomb not refused: round() with a huge "
-                "negative ndigits, max() over nested repeated tuples, str() of a 2M-item "
-                "tuple; constant ones hang at load (sidecar check), others on a matching "
-                "line (the daemon)",
-            )] if i in _KNOWN_BOMB_BUGS else [],
+            marks=[],
         )
         for i in range(len(BOMBS))
     ],
@@ -680,12 +673,6 @@ def test_captured_text_never_executes_as_shell(parts: List[str]) -> None:
     figure("shell_injection", cases=1, commands_run=len(cmds), executed=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (actions.prepare): MATCH (and FILE) go into the command's environment without "
-    "the NUL replacement substitute_shell applies: a matched line holding a NUL byte makes "
-    "every run_command / notify action of the firing fail ('embedded null byte')",
-)
 def test_a_line_with_a_nul_byte_still_runs_its_actions(tmp_path: Path) -> None:
     """A log line with a NUL byte in it (binary garbage in the output) still runs the
     watcher's command."""
