@@ -870,6 +870,7 @@ class Engine:
     def handle_events(self, events: Sequence[FileEvent]) -> None:
         now = self.clock()
         self._reload_pending = False
+        gone: List[Tuple[int, int]] = []
         for ev in events:
             if ev.kind == FileEventKind.OVERFLOW:
                 self._record("warning", message="event queue overflow: rescanning all files")
@@ -920,6 +921,10 @@ class Engine:
             elif ev.kind == FileEventKind.REMOVE:
                 for n in st.stale_watchers:
                     self.stale.pop((n, path), None)
+                if st.saved is not None:
+                    # a rename shows up in the same batch as a create of the new name; after
+                    # the batch, a freed inode number must not pass for a renamed file
+                    gone.append((st.saved.dev, st.saved.inode))
             self._fire_file_event(st.event_watchers, ev, st.directory)
             # forget a deleted file once it is read to its end (a job that writes many
             # short-lived files must not grow the sidecar); created again, it is new
@@ -932,6 +937,8 @@ class Engine:
                 self._pending_reads.discard(path)
                 if st.tailer is not None:
                     st.tailer.close()
+        for key in gone:
+            self._read_to.pop(key, None)
         if self._reload_pending:
             self._reload_pending = False
             self.reload("config file changed")
