@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from sidecar import __version__
+from sidecar.cli_cockpit import COMMANDS as _COCKPIT  # the cockpit's subcommands
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
-COMMANDS = (
+COMMANDS: Tuple[str, ...] = _COCKPIT + (
     "run",
     "check",
     "status",
@@ -28,14 +29,6 @@ COMMANDS = (
     "trigger",
     "reload",
     "attach",
-    # the cockpit (sidecar/cli_cockpit.py)
-    "events",
-    "stats",
-    "metrics",
-    "report",
-    "test-pattern",
-    "schema",
-    "init",
     "replay",
     "convert",
 )

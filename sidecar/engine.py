@@ -11,7 +11,6 @@ Firing -> actions.prepare -> Runner -> ActionResult -> EventLog
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import select
@@ -46,6 +45,7 @@ from sidecar.types import (
     LineMatch,
     Record,
     WatcherState,
+    utc_now_iso,
 )
 
 DEFAULT_EVENT_LOG = "sidecar-events.jsonl"
@@ -274,7 +274,7 @@ class Engine:
             # no pidfd (old kernel or Python < 3.9): check every 2 s
             self._pidfd = None
             self._pid_poll_at = self.clock() + 2.0
-            if not _pid_alive(pid):
+            if not stmod.pid_alive(pid):
                 self.request_stop(f"followed process {pid} exited")
 
     # ------------------------------------------------------------------ state file
@@ -1022,7 +1022,7 @@ class Engine:
             pos = st.tailer.position()
             dev, ino = pos.dev, pos.inode
         st.saved = stmod.FileResume(dev, ino, chunk.offset, chunk.lineno, 0)
-        if not chunk.partial and (dev, ino) != (st.saved_pos_id if st.saved_pos_id else (dev, ino)):
+        if not chunk.partial and st.saved_pos_id is not None and (dev, ino) != st.saved_pos_id:
             # the last lines of a file rotated away: remember where it was read to
             from sidecar.tailer import _count_lines
 
@@ -1108,8 +1108,7 @@ class Engine:
             extra={"timeout": firing.timeout} if firing.timeout is not None else None,
         )
         change = rt.fired(firing, now)
-        self._last_event[name] = firing_ts = Record(kind="match").ts
-        del firing_ts
+        self._last_event[name] = utc_now_iso()
         if trigger == "regex" and firing.file is not None:
             st = self.files.get(firing.file)
             if st is not None and st.saved is not None and firing.lineno is not None:
@@ -1325,7 +1324,7 @@ class Engine:
             self.save_state()
         if self._pid_poll_at is not None and now >= self._pid_poll_at:
             self._pid_poll_at = now + 2.0
-            if self.follow_pid and not _pid_alive(self.follow_pid):
+            if self.follow_pid and not stmod.pid_alive(self.follow_pid):
                 self.request_stop(f"followed process {self.follow_pid} exited")
 
     # ------------------------------------------------------------------ stopping
@@ -1434,11 +1433,3 @@ def _has_toml(directory: str) -> bool:
         return any(n.endswith(".toml") and not n.startswith(".") for n in os.listdir(directory))
     except OSError:
         return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    return True
