@@ -39,6 +39,7 @@ class JobContext:
     cwd: str
     script: Optional[str] = None  # the batch script (for resubmit)
     submit_dir: Optional[str] = None
+    resubmits_done: int = 0  # by earlier runs of this job (a requeued job keeps its count)
 
     @classmethod
     def from_environ(
@@ -98,9 +99,33 @@ def _env_safe(v: str) -> str:
     return v.replace("\0", "\ufffd") if "\0" in v else v
 
 
+#: variables of the newer triggers that commands also get as environment variables
+EXPORTED_VARIABLES = (
+    "EXIT_CODE",  # job_end
+    "TIME_LEFT",  # time_limit: seconds left
+    "END_TIME",  # time_limit: ISO 8601
+    "SIGNAL",  # time_limit: the signal that fired it, if one did
+    "RSS_BYTES",  # memory
+    "LIMIT_BYTES",  # memory
+    "FRACTION",  # memory: RSS / limit
+    "CPU_PERCENT",  # stale with max_cpu: the job's CPU use over the quiet spell
+    "RECORD",  # multi-line records: the whole record
+    "RECORD_LINES",
+    "COUNT",  # threshold: matches counted when it fired
+    "SUPPRESSED",  # suppress: firings held back since the previous one of this key
+    "KEY",  # track_by: the key's value
+    "PROBE",  # probe: the command
+)
+
+
 def haskell_env(firing: Firing) -> Dict[str, str]:
-    """NAME, FILE, DIRECTORY, MATCH, TIMEOUT, KIND as the Haskell Sidecar sets them."""
+    """NAME, FILE, DIRECTORY, MATCH, TIMEOUT, KIND as the Haskell Sidecar sets them (and
+    the EXPORTED_VARIABLES a firing has)."""
     env = {"NAME": firing.watcher, "TRIGGER": firing.trigger}
+    fv = firing.variables
+    for k in EXPORTED_VARIABLES:
+        if k in fv:
+            env[k] = _env_safe(fv[k])
     if firing.file is not None:
         env["FILE"] = _env_safe(firing.file)
     if firing.directory is not None:
@@ -206,7 +231,11 @@ def _prepare_resubmit(
                 "JOB.sh, or with --script JOB.sh next to a TOML config, to allow resubmit",
             )
         )
-    count = int(ctx.environ.get(RESUBMIT_COUNT_VAR, "0") or 0)
+    try:
+        count = int(ctx.environ.get(RESUBMIT_COUNT_VAR, "0") or 0)
+    except ValueError:
+        count = 0
+    count += ctx.resubmits_done
     limit = int(spec.params.get("max_resubmits", settings.resubmit_limit))
     if count >= limit:
         return Immediate(

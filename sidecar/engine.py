@@ -23,14 +23,19 @@ from sidecar import actions as act
 from sidecar import state as stmod
 from sidecar.log import get_logger
 from sidecar.model import (
+    JOB_TRIGGERS,
     Config,
     FileEventTrigger,
+    JobEndTrigger,
+    MemoryTrigger,
     RegexTrigger,
     StaleTrigger,
+    TimeLimitTrigger,
     Watcher,
 )
 from sidecar.triggers import (
     Firing,
+    LevelWatch,
     StaleTracker,
     StateChange,
     WatcherRuntime,
@@ -49,6 +54,7 @@ from sidecar.types import (
 )
 
 DEFAULT_EVENT_LOG = "sidecar-events.jsonl"
+_PROBE_OUTPUT_CAP = 1 << 20  # bytes of a probe's output matched
 _WRITE_KINDS = (FileEventKind.CREATE, FileEventKind.MODIFY)
 
 
@@ -133,7 +139,7 @@ class Engine:
         self._seq = 0
         self._pending_reads: Set[str] = set()
         self._stop_reason: Optional[str] = None
-        self._signal: Optional[int] = None
+        self._signals: List[int] = []
         self._wake_r = -1
         self._wake_w = -1
         self._pidfd: Optional[int] = None
@@ -167,6 +173,28 @@ class Engine:
         self._config_paths: Set[str] = set()
         self._dropin_abs = ""
         self._reload_pending = False
+        # issue 6: triggers that understand the job
+        self.restart_count = _int(self.environ.get("SLURM_RESTART_COUNT"))
+        self.resubmits = 0  # resubmissions done by this job (all its runs)
+        self._job_tree: Any = None  # jobinfo.ProcessTree of the followed process
+        self._job_tree_root: Optional[int] = None
+        self._job_end_fired = False
+        self._grace: Dict[str, float] = {}  # stale watcher -> when a missing file is stale
+        self._grace_mark: Dict[str, Any] = {}  # stale watcher -> CPU sample at start
+        self._mem: Dict[str, LevelWatch] = {}
+        self._mem_limit: Dict[str, Optional[int]] = {}
+        self._tl_due: Dict[str, float] = {}  # time_limit watcher -> monotonic deadline
+        self._tl_fired: Set[str] = set()
+        self._tl_query_at: Optional[float] = None
+        self._tl_end: Optional[float] = None  # epoch seconds of the job's end
+        self._tl_signals: Dict[int, List[str]] = {}
+        self._probe_next: Dict[str, float] = {}
+        self._probe_running: Set[str] = set()
+        self._probe_failing: Dict[str, bool] = {}
+        self.throttles: Dict[str, Any] = {}  # watcher -> throttle.ThrottleState
+        self.gatherers: Dict[Tuple[str, str], Any] = {}  # (watcher, file) -> RecordGatherer
+        self._armed: Set[str] = set()  # watchers whose job triggers were set up once
+        self._mem_where = ""
         self._build_runtimes()
 
     # ------------------------------------------------------------------ set-up
@@ -176,16 +204,29 @@ class Engine:
         self.runtimes = {}
         self.rules = []
         self._matchers = {}
+        old_throttles, self.throttles = self.throttles, {}
+        self._multiline: Dict[str, Any] = {}
         for w in self.config.watchers:
             old = (previous or {}).get(w.name)
             if old is not None and old.watcher == w:
                 self.runtimes[w.name] = old
+                if w.name in old_throttles:
+                    self.throttles[w.name] = old_throttles[w.name]
             else:
                 cond = None
-                if isinstance(w.trigger, RegexTrigger) and w.trigger.condition:
-                    cond = compile_condition(w.trigger.condition)
+                t = w.trigger
+                if isinstance(t, (RegexTrigger, JobEndTrigger)) and t.condition:
+                    cond = compile_condition(t.condition)
                 self.runtimes[w.name] = WatcherRuntime(w, cond)
+            if w.throttle is not None and w.name not in self.throttles:
+                from sidecar.throttle import ThrottleState
+
+                self.throttles[w.name] = ThrottleState(w.throttle)
+            if isinstance(w.trigger, RegexTrigger) and w.trigger.multiline is not None:
+                self._multiline[w.name] = w.trigger.multiline
             src = w.source
+            if src.is_probe or w.trigger.kind in JOB_TRIGGERS:
+                continue  # no files
             d = src.directory
             d = os.path.normpath(d if os.path.isabs(d) else os.path.join(self.cwd, d))
             if src.paths:
@@ -250,7 +291,7 @@ class Engine:
         if not self.install_signals:
             return
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *self._tl_signals):
             signal.signal(s, self._on_signal)
 
     def follow(self, pid: int, exit_status: Optional[Callable[[], Optional[int]]] = None) -> None:
@@ -285,14 +326,31 @@ class Engine:
     def _setup_state(self) -> None:
         """Find the state file; take positions and counters from a predecessor that is gone."""
         path = self.settings.state_file or stmod.default_state_path(
-            self.event_log_path, self.cwd, self.ctx.job_id, self._config_id()
+            self.event_log_path, self.cwd, self.ctx.job_id, self._config_id(), self.restart_count
         )
         if not os.path.isabs(path):
             path = os.path.join(self.cwd, path)
         self._set_state_path(path)
         prev = stmod.read_state(path)
+        requeued_from: Optional[str] = None
+        if prev is None and self.restart_count > 0 and not self.settings.state_file:
+            # a requeued job (scontrol requeue, preemption): same job id, the next run, maybe
+            # on another node. Its previous run's positions, counters and limits carry over.
+            found = stmod.find_previous_run(
+                os.path.dirname(path), self.ctx.job_id, self._config_id(), self.restart_count
+            )
+            if found is not None:
+                requeued_from, prev = found
+        elif (
+            prev is not None
+            and self.settings.state_file
+            and self.restart_count > 0
+            and _int(prev.get("restart_count")) < self.restart_count
+        ):
+            requeued_from = path
         if prev is None:
             return
+        self.resubmits = _int(prev.get("resubmits"))
         pid = int(prev.get("pid") or 0)
         if (
             pid
@@ -324,6 +382,10 @@ class Engine:
             "updated": prev.get("updated"),
             "files": len(self._resume),
         }
+        if requeued_from is not None:
+            self._resumed_from["requeued_from"] = requeued_from
+            self._resumed_from["previous_restart_count"] = _int(prev.get("restart_count"))
+            self._resumed_from["restart_count"] = self.restart_count
 
     def _set_state_path(self, path: str, keep_dropin: bool = False) -> None:
         self.state_path = path
@@ -372,6 +434,8 @@ class Engine:
             "pid": os.getpid(),
             "host": self.ctx.host,
             "job_id": self.ctx.job_id,
+            "restart_count": self.restart_count,
+            "resubmits": self.resubmits,
             "started": self._started_iso,
             "updated": utc_now_iso(),
             "running": self._stop_reason is None,
@@ -420,7 +484,7 @@ class Engine:
         return min([p] + [float(x) for x in iv]) if iv and self.settings.backend == "poll" else p
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signal = signum
+        self._signals.append(signum)
 
     def _wake(self) -> None:
         try:
@@ -522,6 +586,7 @@ class Engine:
             res = self._resume.pop(path, None)
             position = None
             if res is not None:
+                res = _same_file_elsewhere(path, res)
                 position = TailPosition(res.dev, res.inode, res.offset, res.lineno)
                 st.suppress = (res.lineno, res.fired_through)
             elif not existing:
@@ -545,13 +610,12 @@ class Engine:
             st.matcher = self._matcher_for(tuple(regex_w))
         now = self.clock()
         for n in stale_w:
+            self.stale.pop((n, ""), None)  # its file is here: no grace check any more
             if (n, path) in self.stale:
                 continue
-            w = self.runtimes[n].watcher
-            assert isinstance(w.trigger, StaleTrigger)
             # the clock starts at the later of the last write and the sidecar's start: a
             # directory of old files does not fire for all of them the moment it starts
-            self.stale[(n, path)] = StaleTracker(n, path, w.trigger.timeout, now)
+            self._new_tracker(n, path, now)
         self.files[path] = st
         return st
 
@@ -608,6 +672,7 @@ class Engine:
                 "config": self.config.source_file or self.config.script,
                 "cwd": self.cwd,
                 "follow_pid": self.follow_pid,
+                "restart_count": self.restart_count,
             },
         )
         from sidecar.types import utc_now_iso
@@ -623,6 +688,11 @@ class Engine:
                 extra=resumed,
             )
         self.started = True
+        if self.resubmits:
+            import dataclasses
+
+            self.ctx = dataclasses.replace(self.ctx, resubmits_done=self.resubmits)
+        self._setup_job_triggers()
         self._initial_scan()
         for path in list(self.files):
             self._read(path)
@@ -664,13 +734,16 @@ class Engine:
             fds = {fd for fd, _ in ready}
             if self._wake_r in fds:
                 self._drain_wake()
-            if self._signal is not None:
-                sig, self._signal = self._signal, None
+            while self._signals:
+                sig = self._signals.pop(0)
                 if sig == signal.SIGHUP:
                     self.reload("SIGHUP")
+                elif sig in self._tl_signals:
+                    self._time_limit_signal(sig)
                 else:
                     self.request_stop(f"signal {signal.Signals(sig).name}")
             if self._pidfd is not None and self._pidfd in fds:
+                self._job_ended()
                 self.request_stop(f"followed process {self.follow_pid} exited")
             now = self.clock()
             if next_poll is not None and now >= next_poll:
@@ -843,6 +916,9 @@ class Engine:
         after = set(self.runtimes)
         for key in [k for k in self.stale if k[0] not in after]:
             del self.stale[key]
+        for gkey in [k for k in self.gatherers if k[0] not in after]:
+            del self.gatherers[gkey]
+        self._setup_job_triggers()
         watched: Dict[str, bool] = {}
         for r in self.rules:
             watched[r.directory] = watched.get(r.directory, False) or r.recursive
@@ -915,9 +991,7 @@ class Engine:
                     if tr is not None:
                         tr.wrote(now)
                     else:
-                        w = self.runtimes[n].watcher
-                        assert isinstance(w.trigger, StaleTrigger)
-                        self.stale[(n, path)] = StaleTracker(n, path, w.trigger.timeout, now)
+                        self._new_tracker(n, path, now)
             elif ev.kind == FileEventKind.REMOVE:
                 for n in st.stale_watchers:
                     self.stale.pop((n, path), None)
@@ -1038,22 +1112,55 @@ class Engine:
         except Exception as exc:
             self._record("error", file=st.path, message=f"matching failed: {exc!r}")
             return
+        starts: Dict[str, Dict[int, LineMatch]] = {}
         for name, m in hits:
             self.counts["matches"] += 1
             lo, hi = st.suppress
             if lo <= m.lineno <= hi:
                 continue  # acted on before a restart
+            if name in self._multiline:
+                starts.setdefault(name, {})[m.lineno] = m
+                continue
             self._on_match(name, m, st)
+        for name in st.regex_watchers:
+            if name in self._multiline:
+                self._gather(name, st, chunk, starts.get(name, {}))
         if st.suppress[1] and chunk.lineno > st.suppress[1]:
             st.suppress = (0, 0)
 
-    def _on_match(self, name: str, m: LineMatch, st: _FileState) -> None:
+    def _on_match(
+        self,
+        name: str,
+        m: LineMatch,
+        st: Optional[_FileState],
+        *,
+        record: Any = None,
+    ) -> None:
+        """A line (or, with ``record``, a gathered multi-line record) matched."""
         rt = self.runtimes[name]
         rt.matches += 1
         if rt.state != WatcherState.ACTIVE:
             rt.ignored += 1
             return
         captures, variables = match_variables(rt.watcher, m)
+        extra: Dict[str, Any] = {}
+        line = m.line
+        through: Optional[int] = None
+        if record is not None:
+            line = record.text
+            through = record.last_lineno
+            variables["MATCH"] = variables["RECORD"] = line
+            variables["RECORD_LINES"] = str(len(record.lines))
+            for i, g in enumerate(record.end_groups, start=1):
+                variables.setdefault(f"end{i}", "" if g is None else g)
+            extra["record"] = {
+                "lines": len(record.lines),
+                "last_lineno": record.last_lineno,
+                "reason": record.reason,
+            }
+        if rt.watcher.source.is_probe:
+            variables["PROBE"] = rt.watcher.source.probe or ""
+            extra["probe"] = rt.watcher.source.probe
         ok, err = rt.condition_ok(captures)
         if err is not None:
             n = rt.skipped.get("condition_error", 0)
@@ -1073,15 +1180,34 @@ class Engine:
             return
         if not ok:
             return
+        ts = self.throttles.get(name)
+        if ts is not None:
+            thr = rt.watcher.throttle
+            key = ""
+            if thr is not None and thr.track_by:
+                from sidecar.substitute import substitute
+
+                key = substitute(thr.track_by, variables)
+            d = ts.offer(key, self.clock())
+            if not d.fire:
+                rt.held += 1
+                return
+            variables["COUNT"] = str(d.count)
+            variables["SUPPRESSED"] = str(d.suppressed)
+            variables["KEY"] = key
+            extra["throttle"] = {"key": key, "count": d.count, "suppressed": d.suppressed}
+        probe = rt.watcher.source.is_probe
         self._fire(
             name,
-            "regex",
-            file=m.path,
-            directory=st.directory,
-            line=m.line,
-            lineno=m.lineno,
+            "probe" if probe else "regex",
+            file=None if probe else m.path,
+            directory=None if st is None else st.directory,
+            line=line,
+            lineno=None if probe else m.lineno,
             captures=captures,
             variables=variables,
+            extra=extra or None,
+            through_lineno=through,
         )
 
     # ------------------------------------------------------------------ firing
@@ -1105,15 +1231,16 @@ class Engine:
             event=firing.event,
             captures=dict(firing.captures) or None,
             firing=firing.seq,
-            extra={"timeout": firing.timeout} if firing.timeout is not None else None,
+            extra=_match_extra(firing),
         )
         change = rt.fired(firing, now)
         self._last_event[name] = utc_now_iso()
         if trigger == "regex" and firing.file is not None:
             st = self.files.get(firing.file)
             if st is not None and st.saved is not None and firing.lineno is not None:
+                through = firing.through_lineno or firing.lineno
                 st.saved = stmod.FileResume(
-                    st.saved.dev, st.saved.inode, st.saved.offset, st.saved.lineno, firing.lineno
+                    st.saved.dev, st.saved.inode, st.saved.offset, st.saved.lineno, through
                 )
                 self.save_state()  # before the actions start: a restart will not repeat them
         self._mark_dirty()
@@ -1206,8 +1333,26 @@ class Engine:
             break
         self.chains.pop(chain.firing.seq, None)
 
+    def _held_back(self, name: str, held: Sequence[Tuple[str, int]]) -> None:
+        """Suppressed firings whose suppression period ended with no later firing to carry
+        their count: reported on their own, so none is lost."""
+        for key, n in held:
+            if n <= 0:
+                continue
+            self._record(
+                "skipped",
+                watcher=name,
+                reason="suppressed",
+                message=f"{n} firing(s) held back by suppress"
+                + (f" for key {key!r}" if key else ""),
+                extra={"count": n, "key": key or None},
+            )
+
     def _collect_results(self) -> None:
         for tag, result in self.runner.results():
+            if tag[0] == "probe":
+                self._probe_done(tag[1], result)
+                continue
             seq, index = tag
             chain = self.chains.get(seq)
             if chain is None:
@@ -1262,6 +1407,12 @@ class Engine:
             change = rt.action_done(result.ok)
             if change:
                 self._state_record(change)
+        if result.ok and result.action == "resubmit":
+            import dataclasses
+
+            self.resubmits += 1
+            self.ctx = dataclasses.replace(self.ctx, resubmits_done=self.resubmits)
+            self.save_state()
         if effect is None or not result.ok:
             return
         what, arg = effect
@@ -1274,6 +1425,404 @@ class Engine:
         elif what == "stop":
             self.request_stop(arg)
 
+    # ------------------------------------------------------------------ job triggers
+    def _setup_job_triggers(self) -> None:
+        """Arm the triggers that watch the job rather than its files (at start and after a
+        reload; watchers kept by a reload keep their state)."""
+        now = self.clock()
+        names = set(self.runtimes)
+        for d in (self._mem, self._tl_due, self._probe_next, self._mem_limit):
+            for k in [k for k in d if k not in names]:
+                del d[k]  # type: ignore[attr-defined]
+        self._tl_signals = {}
+        want_end_time = False
+        for w in self.config.watchers:
+            t = w.trigger
+            if isinstance(t, StaleTrigger) and t.grace and not self.started_once(w.name):
+                # a file that has not appeared after the grace period counts as stale
+                if not any(k[0] == w.name for k in self.stale):
+                    tr = self._new_tracker(w.name, "", now)
+                    tr.timeout = t.grace
+            elif isinstance(t, MemoryTrigger) and w.name not in self._mem:
+                limit, where = (t.limit, "given in the config") if t.limit else (None, "")
+                if limit is None:
+                    from sidecar.jobinfo import memory_limit
+
+                    limit, where = memory_limit(self.environ)
+                self._mem_limit[w.name] = limit
+                if limit is None:
+                    self._record(
+                        "warning",
+                        watcher=w.name,
+                        trigger="memory",
+                        message=f"no memory limit found ({where}): this watcher will not "
+                        "fire; give its limit in the config (limit = \"8G\")",
+                    )
+                    continue
+                self._mem[w.name] = LevelWatch(w.name, t.interval, now)
+                self._mem_where = where
+            elif isinstance(t, TimeLimitTrigger):
+                want_end_time = want_end_time or w.name not in self._tl_fired
+                if t.signal:
+                    sig = getattr(signal, "SIG" + t.signal.upper().replace("SIG", "", 1), None)
+                    if isinstance(sig, int):
+                        self._tl_signals.setdefault(int(sig), []).append(w.name)
+            if w.source.is_probe and w.name not in self._probe_next:
+                self._probe_next[w.name] = now  # the first run right away
+        self._armed.update(names)
+        if want_end_time and self._tl_end is None and self._tl_query_at is None:
+            self._tl_query_at = now
+        if self._tl_signals and self.install_signals and self._wake_w >= 0:
+            for sig in self._tl_signals:
+                signal.signal(sig, self._on_signal)
+
+    def started_once(self, name: str) -> bool:
+        """Was this watcher armed before (a reload keeps its grace check done)?"""
+        return name in self._armed
+
+    def _new_tracker(self, name: str, path: str, now: float) -> StaleTracker:
+        w = self.runtimes[name].watcher
+        assert isinstance(w.trigger, StaleTrigger)
+        tr = StaleTracker(
+            name, path, w.trigger.timeout, now, wants_cpu=w.trigger.max_cpu is not None
+        )
+        self.stale[(name, path)] = tr
+        return tr
+
+    def _tree_sample(self) -> Any:
+        """CPU, memory and liveness of the job's processes: the followed process (--pid,
+        the wrapped command, else the sidecar's parent) and its descendants, the sidecar
+        and its actions left out. None when it cannot be known."""
+        root = self.follow_pid or os.getppid()
+        try:
+            if self._job_tree is None or self._job_tree_root != root:
+                from sidecar.jobinfo import ProcessTree
+
+                self._job_tree = ProcessTree(root, exclude=(os.getpid(),), clock=self.clock)
+                self._job_tree_root = root
+            return self._job_tree.sample()
+        except Exception as exc:
+            self._record("error", message=f"cannot sample the job's processes: {exc!r}")
+            return None
+
+    def _stale_due(self, tr: StaleTracker, now: float) -> None:
+        """A quiet spell reached its timeout: a hang, or not (the job computes or is gone)."""
+        rt = self.runtimes.get(tr.watcher)
+        if rt is None:
+            return
+        t = rt.watcher.trigger
+        assert isinstance(t, StaleTrigger)
+        extra: Dict[str, Any] = {}
+        variables: Dict[str, str] = {}
+        if t.require_alive or t.max_cpu is not None:
+            sample = self._tree_sample()
+            if sample is None or not sample.alive:
+                tr.fired = True  # quiet until the next write
+                self._record(
+                    "skipped",
+                    watcher=tr.watcher,
+                    trigger="stale",
+                    file=tr.path or None,
+                    reason="job_not_running",
+                    message=f"no write for {t.timeout:g}s, but the job's processes are gone: "
+                    "not a hang",
+                )
+                return
+            extra["processes"] = sample.nprocs
+            if t.max_cpu is not None:
+                from sidecar.jobinfo import cpu_percent
+
+                mark = tr.cpu_mark
+                pct = cpu_percent(mark, sample) if mark is not None else None
+                if pct is None or pct > t.max_cpu:
+                    tr.restart_window(now, sample)
+                    if pct is not None:
+                        self._record(
+                            "skipped",
+                            watcher=tr.watcher,
+                            trigger="stale",
+                            file=tr.path or None,
+                            reason="busy",
+                            message=f"no write for {t.timeout:g}s, but the job used "
+                            f"{pct:.1f}% CPU (max_cpu {t.max_cpu:g}): not a hang",
+                            extra={"cpu_percent": round(pct, 2)},
+                        )
+                    return
+                extra["cpu_percent"] = round(pct, 2)
+                variables["CPU_PERCENT"] = f"{pct:.1f}"
+        tr.fired = True
+        st = self.files.get(tr.path) if tr.path else None
+        w = rt.watcher
+        file = tr.path or None
+        directory = st.directory if st else None
+        if not tr.path:
+            extra["never_appeared"] = True
+            directory = w.source.directory
+            if w.source.paths:
+                p0 = w.source.paths[0]
+                file = p0 if os.path.isabs(p0) else os.path.join(self.cwd, w.source.directory, p0)
+                file = os.path.normpath(file)
+        self._fire(
+            tr.watcher,
+            "stale",
+            file=file,
+            directory=directory,
+            timeout=tr.timeout,
+            variables=variables,
+            extra=extra or None,
+        )
+
+    def _job_ended(self) -> None:
+        """The followed process exited: the job_end watchers fire with its exit status."""
+        if self._job_end_fired:
+            return
+        self._job_end_fired = True
+        code = self._followed_exit()
+        for rt in list(self.runtimes.values()):
+            if not isinstance(rt.watcher.trigger, JobEndTrigger):
+                continue
+            value = None if code is None else str(code)
+            captures: Dict[str, Optional[str]] = {"exit_code": value}
+            ok, err = rt.condition_ok(captures)
+            if err is not None:
+                self._record(
+                    "skipped",
+                    watcher=rt.name,
+                    trigger="job_end",
+                    captures=captures,
+                    reason="condition_error",
+                    message=f"condition failed, counted as false: {err}",
+                )
+                continue
+            if not ok:
+                continue
+            self._fire(
+                rt.name,
+                "job_end",
+                captures=captures,
+                variables={"EXIT_CODE": value or "", "exit_code": value or ""},
+                extra={"exit_code": code, "pid": self.follow_pid},
+            )
+
+    def _query_end_time(self, now: float) -> None:
+        from sidecar.jobinfo import job_end_time
+
+        self._tl_query_at = None
+        try:
+            end, where = job_end_time(self.environ)
+        except Exception as exc:
+            end, where = None, repr(exc)
+        first = self._tl_end is None
+        self._tl_end = end
+        names = [
+            w.name
+            for w in self.config.watchers
+            if isinstance(w.trigger, TimeLimitTrigger) and w.name not in self._tl_fired
+        ]
+        if end is None:
+            if first:
+                self._record(
+                    "warning",
+                    trigger="time_limit",
+                    message=f"the job's end time is unknown ({where}): time_limit watchers "
+                    f"{', '.join(names)} fire only on their signal",
+                )
+            return
+        left = end - self.wall()
+        for n in names:
+            t = self.runtimes[n].watcher.trigger
+            assert isinstance(t, TimeLimitTrigger)
+            self._tl_due[n] = now + max(0.0, left - t.before)
+        if self._tl_due:
+            # the limit may change (scontrol update): look again every 15 minutes
+            self._tl_query_at = min(min(self._tl_due.values()), now + 900.0)
+        if first:
+            self._record(
+                "info",
+                trigger="time_limit",
+                message=f"the job ends in {left:.0f}s (from {where})",
+                extra={"end_time": _iso(end), "source": where},
+            )
+
+    def _time_limit_due(self, now: float) -> None:
+        due = [n for n, at in self._tl_due.items() if now >= at]
+        if not due:
+            return
+        # the limit may have been extended since: ask again before acting
+        old_end = self._tl_end
+        self._query_end_time(now)
+        if self._tl_end is not None and old_end is not None and self._tl_end > old_end + 1.0:
+            return  # rescheduled
+        for n in due:
+            self._fire_time_limit(n, None)
+
+    def _time_limit_signal(self, sig: int) -> None:
+        for n in self._tl_signals.get(sig, []):
+            self._fire_time_limit(n, signal.Signals(sig).name)
+
+    def _fire_time_limit(self, name: str, signame: Optional[str]) -> None:
+        if name in self._tl_fired or name not in self.runtimes:
+            return
+        self._tl_fired.add(name)
+        self._tl_due.pop(name, None)
+        variables: Dict[str, str] = {}
+        captures: Dict[str, Optional[str]] = {}
+        extra: Dict[str, Any] = {}
+        if self._tl_end is not None:
+            left = max(0, int(self._tl_end - self.wall()))
+            variables["TIME_LEFT"] = captures["time_left"] = str(left)
+            variables["END_TIME"] = captures["end_time"] = _iso(self._tl_end)
+            extra["time_left_s"] = left
+        if signame:
+            variables["SIGNAL"] = captures["signal"] = signame
+            extra["signal"] = signame
+        self._fire(name, "time_limit", captures=captures, variables=variables, extra=extra)
+
+    def _memory_due(self, now: float) -> None:
+        sample: Any = None
+        for name, lw in self._mem.items():
+            if now < lw.next_at:
+                continue
+            lw.next_at = now + lw.interval
+            if sample is None:
+                sample = self._tree_sample()
+                if sample is None:
+                    return
+            limit = self._mem_limit.get(name)
+            rt = self.runtimes.get(name)
+            if not limit or rt is None:
+                continue
+            t = rt.watcher.trigger
+            assert isinstance(t, MemoryTrigger)
+            rss = sample.rss_bytes
+            if lw.crossed(rss, t.fraction * limit):
+                frac = f"{rss / limit:.3f}"
+                values = {"rss_bytes": str(rss), "limit_bytes": str(limit), "fraction": frac}
+                self._fire(
+                    name,
+                    "memory",
+                    captures=dict(values),
+                    variables={
+                        **values,
+                        "RSS_BYTES": str(rss),
+                        "LIMIT_BYTES": str(limit),
+                        "FRACTION": frac,
+                    },
+                    extra={"rss_bytes": rss, "limit_bytes": limit, "processes": sample.nprocs},
+                )
+
+    def _probe_due(self, now: float) -> None:
+        for name, at in list(self._probe_next.items()):
+            if now < at or name in self._probe_running:
+                continue
+            rt = self.runtimes.get(name)
+            if rt is None:
+                continue
+            src = rt.watcher.source
+            self._probe_next[name] = now + src.probe_interval
+            if rt.state != WatcherState.ACTIVE:
+                continue  # a paused probe costs nothing
+            from sidecar.runner import ShellJob
+
+            env = dict(self.ctx.environ)
+            env["NAME"] = name
+            job = ShellJob(
+                tag=("probe", name),
+                command=src.probe or "",
+                env=env,
+                cwd=self.cwd,
+                timeout=src.probe_timeout,
+                action="probe",
+                output_cap=_PROBE_OUTPUT_CAP,
+                stderr=False,
+            )
+            if self.runner.submit(job):
+                self._probe_running.add(name)
+            else:
+                self._record(
+                    "skipped",
+                    watcher=name,
+                    trigger="probe",
+                    reason="queue_full",
+                    message="action queue full: probe not run this time",
+                )
+
+    def _probe_done(self, name: str, result: ActionResult) -> None:
+        self._probe_running.discard(name)
+        rt = self.runtimes.get(name)
+        if rt is None:
+            return
+        failing = not result.ok
+        if failing != self._probe_failing.get(name, False):
+            self._probe_failing[name] = failing
+            if failing:
+                why = "timed out" if result.timed_out else (
+                    result.error or f"exit code {result.exit_code}"
+                )
+                self._record(
+                    "error",
+                    watcher=name,
+                    trigger="probe",
+                    action="probe",
+                    ok=False,
+                    exit_code=result.exit_code,
+                    output=(result.output or "")[:4096] or None,
+                    message=f"probe failed ({why}): {rt.watcher.source.probe}",
+                )
+            else:
+                self._record("info", watcher=name, trigger="probe", message="probe works again")
+        text = result.output or ""
+        if not text:
+            return
+        data = text.encode("utf-8", "surrogateescape")
+        if not data.endswith((b"\n", b"\r")):
+            data += b"\n"
+        chunk = Chunk(path=f"probe:{name}", data=data, offset=0, lineno=1)
+        try:
+            hits = self._matcher_for((name,)).scan(chunk)
+        except Exception as exc:
+            self._record("error", watcher=name, message=f"matching failed: {exc!r}")
+            return
+        for n, m in hits:
+            self.counts["matches"] += 1
+            self._on_match(n, m, None)
+
+    def _gather(
+        self, name: str, st: _FileState, chunk: Chunk, starts: Mapping[int, LineMatch]
+    ) -> None:
+        """Multi-line records: a start line opens one, the following lines fill it."""
+        key = (name, st.path)
+        g = self.gatherers.get(key)
+        if g is None:
+            if not starts:
+                return
+            from sidecar.records import RecordGatherer
+
+            g = self.gatherers[key] = RecordGatherer(self._multiline[name])
+        if not g.is_open and not starts:
+            return
+        from sidecar.records import iter_lines
+
+        now = self.clock()
+        first = chunk.lineno if g.is_open else min(starts)
+        last_start = max(starts) if starts else 0
+        for lineno, text in iter_lines(chunk, first - 1):
+            rec = None
+            m = starts.get(lineno)
+            if m is not None:
+                rec = g.start(m, now)
+            elif g.is_open:
+                rec = g.feed(lineno, text, now)
+            elif lineno > last_start:
+                break
+            if rec is not None:
+                self._on_match(name, rec.start, st, record=rec)
+
+    def _gathered(self, rec: Any, key: Tuple[str, str]) -> None:
+        st = self.files.get(key[1])
+        self._on_match(key[0], rec.start, st, record=rec)
+
+
     # ------------------------------------------------------------------ deadlines
     def _deadline(self) -> Optional[float]:
         c: List[Optional[float]] = [t.deadline() for t in self.stale.values()]
@@ -1281,22 +1830,42 @@ class Engine:
             c.append(rt.timer_next)
             c.append(rt.rate_window_end())
         c.append(self._pid_poll_at)
+        c.extend(lw.next_at for lw in self._mem.values())
+        c.extend(self._tl_due.values())
+        c.append(self._tl_query_at)
+        c.extend(at for n, at in self._probe_next.items() if n not in self._probe_running)
+        c.extend(ts.deadline() for ts in self.throttles.values())
+        c.extend(g.deadline() for g in self.gatherers.values())
         if self._state_dirty_at is not None:
             c.append(max(self._state_dirty_at, self._last_save + 1.0))
         return next_deadline(c)
 
     def _due(self, now: float) -> None:
         for tr in list(self.stale.values()):
+            if tr.mark_due(now):
+                tr.cpu_mark = self._tree_sample()
+                if tr.cpu_mark is None:
+                    tr.wants_cpu = False  # cannot be known: judged without CPU
             if tr.due(now):
-                tr.fired = True
-                st = self.files.get(tr.path)
-                self._fire(
-                    tr.watcher,
-                    "stale",
-                    file=tr.path,
-                    directory=st.directory if st else None,
-                    timeout=tr.timeout,
-                )
+                self._stale_due(tr, now)
+        if self._mem:
+            self._memory_due(now)
+        if self._tl_query_at is not None and now >= self._tl_query_at:
+            self._query_end_time(now)
+        if self._tl_due:
+            self._time_limit_due(now)
+        if self._probe_next:
+            self._probe_due(now)
+        for name, ts in self.throttles.items():
+            d = ts.deadline()
+            if d is not None and now >= d:
+                self._held_back(name, ts.take_expired(now))
+        for key, g in list(self.gatherers.items()):
+            d = g.deadline()
+            if d is not None and now >= d:
+                rec = g.expire(now)
+                if rec is not None:
+                    self._gathered(rec, key)
         for rt in self.runtimes.values():
             if rt.timer_next is not None and now >= rt.timer_next:
                 last = rt.last_firing
@@ -1325,6 +1894,7 @@ class Engine:
         if self._pid_poll_at is not None and now >= self._pid_poll_at:
             self._pid_poll_at = now + 2.0
             if self.follow_pid and not stmod.pid_alive(self.follow_pid):
+                self._job_ended()
                 self.request_stop(f"followed process {self.follow_pid} exited")
 
     # ------------------------------------------------------------------ stopping
@@ -1357,17 +1927,39 @@ class Engine:
                     ch = None
                 if ch is not None:
                     self._scan(st, ch)
-        deadline = self.clock() + self.settings.drain_grace
+        for key, g in list(self.gatherers.items()):
+            rec = g.flush()
+            if rec is not None:
+                self._gathered(rec, key)
+        for name, ts in self.throttles.items():
+            self._held_back(name, ts.take_all())
+        if (
+            not self._job_end_fired
+            and self.follow_pid
+            and not stmod.pid_alive(self.follow_pid)
+        ):
+            self._job_ended()  # it ended while we were told to stop
+        now = self.clock()
+        deadline = now + self.settings.drain_grace
+        for pending in self.chains.values():
+            if pending.firing.trigger in ("job_end", "time_limit"):
+                # what the job asked for at its end gets its actions' own time limits
+                left = sum(
+                    (sp.timeout or self.settings.action_timeout)
+                    for sp in pending.specs[pending.index :]
+                )
+                deadline = max(deadline, now + min(left, 600.0))
         while self.chains and self.clock() < deadline:
             self._collect_results()
             if not self.chains:
                 break
             time.sleep(0.01)
         for tag, result in self.runner.shutdown(max(0.0, deadline - self.clock())):
-            seq, index = tag
-            chain = self.chains.pop(seq, None)
-            if chain is not None:
-                self._action_record(chain, result, {})
+            if tag[0] == "probe":
+                continue
+            left_chain = self.chains.pop(int(tag[0]), None)
+            if left_chain is not None:
+                self._action_record(left_chain, result, {})
         for rt in self.runtimes.values():
             self._flush_skipped(rt)
             if rt.state == WatcherState.ACTIVE:
@@ -1391,6 +1983,7 @@ class Engine:
                     }
                     for n, rt in self.runtimes.items()
                 },
+                "restart_count": self.restart_count,
             },
         )
         for st in self.files.values():
@@ -1418,10 +2011,45 @@ class Engine:
                     pass
 
 
+def _iso(epoch: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(
+        timespec="seconds"
+    ).replace("+00:00", "Z")
+
+
+def _match_extra(firing: Firing) -> Optional[Dict[str, Any]]:
+    extra: Dict[str, Any] = dict(firing.extra or {})
+    if firing.timeout is not None:
+        extra["timeout"] = firing.timeout
+    return extra or None
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _exit_code(status: Optional[int]) -> Optional[int]:
     if status is None:
         return None
     return status if status >= 0 else 128 - status
+
+
+def _same_file_elsewhere(path: str, res: stmod.FileResume) -> stmod.FileResume:
+    """A saved position whose file has the same inode but another device number: the same
+    file on a network filesystem seen from another node (a requeued job runs elsewhere).
+    Its position holds if the file is at least as long as the saved offset."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return res
+    if st.st_ino == res.inode and st.st_dev != res.dev and st.st_size >= res.offset:
+        return stmod.FileResume(st.st_dev, st.st_ino, res.offset, res.lineno, res.fired_through)
+    return res
 
 
 def _stem(path: str) -> str:

@@ -69,6 +69,36 @@ class Source:
     paths: Tuple[str, ...] = ()
     recursive: bool = False
     start_at: str = "start"
+    # a probe command instead of files: run through /bin/sh every ``probe_interval`` seconds,
+    # its standard output is matched line by line like a file's new lines
+    probe: Optional[str] = None
+    probe_interval: float = 60.0
+    probe_timeout: float = 30.0
+
+    @property
+    def is_probe(self) -> bool:
+        return self.probe is not None
+
+
+MULTILINE_PRESETS: Mapping[str, Tuple[str, str]] = {
+    # name -> (start regex, end regex). A Python traceback: from its header to the first
+    # line that is not indented (the exception line), the header itself excepted.
+    "python_traceback": (r"^Traceback \(most recent call last\):", r"^\S"),
+}
+
+
+@dataclass(frozen=True)
+class MultiLine:
+    """A record that spans lines: it starts at a line the trigger's pattern matches and
+    takes every following line up to and including one that ``end`` matches (searched,
+    Python ``re``), at most ``max_lines`` lines in all; when no line comes for ``timeout``
+    seconds the record is handed over as it is (and at stop). The actions get the whole
+    record, lines joined by newlines, as MATCH and RECORD."""
+
+    end: str
+    max_lines: int = 100
+    timeout: float = 5.0
+    preset: Optional[str] = None  # "python_traceback": where start/end came from
 
 
 @dataclass(frozen=True)
@@ -77,12 +107,20 @@ class RegexTrigger:
     captures: Tuple[str, ...] = ()  # names for the positional groups, in order
     condition: Optional[str] = None
     ignore_case: bool = False
+    multiline: Optional[MultiLine] = None
     kind: str = "regex"
 
 
 @dataclass(frozen=True)
 class StaleTrigger:
     timeout: float  # seconds without a write
+    # a hang only while the job's processes live (the followed process and its tree)
+    require_alive: bool = False
+    # ... and only while they are nearly idle: their CPU use over the quiet window, in
+    # percent of one core (100 = one core busy), must be at or below this
+    max_cpu: Optional[float] = None
+    # seconds after start: a file that has not appeared by then counts as stale (fires once)
+    grace: Optional[float] = None
     kind: str = "stale"
 
 
@@ -92,7 +130,51 @@ class FileEventTrigger:
     kind: str = "file_event"
 
 
-Trigger = Union[RegexTrigger, StaleTrigger, FileEventTrigger]
+@dataclass(frozen=True)
+class JobEndTrigger:
+    """The job's main process (the followed process: --pid, the wrapped command, or the
+    sidecar's parent) exited. Variables EXIT_CODE (empty when unknown) and the capture
+    ``exit_code``; ``condition`` over it, e.g. ``"int(exit_code) != 0"``."""
+
+    condition: Optional[str] = None
+    kind: str = "job_end"
+
+
+@dataclass(frozen=True)
+class TimeLimitTrigger:
+    """``before`` seconds before the job's end time (from SLURM), or when ``signal``
+    arrives (``#SBATCH --signal=B:USR1@N`` forwarded to the sidecar), whichever is first.
+    Fires once."""
+
+    before: float
+    signal: Optional[str] = "USR1"  # signal name without SIG; None = no signal
+    kind: str = "time_limit"
+
+
+@dataclass(frozen=True)
+class MemoryTrigger:
+    """The job's resident memory (sum of RSS over its process tree) passed ``fraction`` of
+    its limit (``limit`` bytes, else SLURM_MEM_PER_NODE / SLURM_MEM_PER_CPU, else the
+    cgroup's memory.max). Sampled every ``interval`` seconds; fires once per crossing and
+    re-arms when the memory falls below the fraction again."""
+
+    fraction: float
+    limit: Optional[int] = None
+    interval: float = 10.0
+    kind: str = "memory"
+
+
+Trigger = Union[
+    RegexTrigger,
+    StaleTrigger,
+    FileEventTrigger,
+    JobEndTrigger,
+    TimeLimitTrigger,
+    MemoryTrigger,
+]
+
+# triggers that look at no file
+JOB_TRIGGERS = ("job_end", "time_limit", "memory")
 
 
 @dataclass(frozen=True)
@@ -112,6 +194,19 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class Throttle:
+    """swatch-style thresholds. ``threshold``: fire only when ``count`` matches fell within
+    ``per_s`` seconds (the count starts again after a firing). ``track_by``: a template
+    (``$1``, ``${host}``) whose value keys separate counts and suppression. ``suppress``:
+    after a firing, further firings of the same key are held back for this many seconds;
+    how many were held back is reported with the next firing (SUPPRESSED)."""
+
+    threshold: Optional[RateLimit] = None
+    track_by: Optional[str] = None
+    suppress: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class Watcher:
     name: str
     source: Source
@@ -124,6 +219,7 @@ class Watcher:
     timer_interval: Optional[float] = None  # timer mode: repeat actions every N s after 1st firing
     interval: Optional[float] = None  # ssync's check interval: the poll period when polling
     output_type: Optional[str] = None  # stdout | stderr | both (scripts only, informational)
+    throttle: Optional[Throttle] = None
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,8 @@ class ShellJob:
     cwd: Optional[str] = None
     timeout: float = 120.0
     action: str = "run_command"
+    output_cap: Optional[int] = None  # bytes of output kept; None = the runner's cap
+    stderr: bool = True  # False: standard error is discarded (probes match stdout only)
 
 
 class _Output:
@@ -430,7 +432,7 @@ class Runner:
                 [self.shell, "-c", job.command],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT if job.stderr else subprocess.DEVNULL,
                 env=dict(job.env),
                 cwd=job.cwd,
                 close_fds=True,
@@ -483,7 +485,7 @@ class Runner:
         proc = run.proc
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        out = _Output(self.output_cap)
+        out = _Output(self.output_cap if job.output_cap is None else job.output_cap)
         buf = bytearray(_READ_SIZE)
         poller = select.poll()
         poller.register(fd, select.POLLIN)

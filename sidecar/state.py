@@ -42,17 +42,62 @@ def state_dir_for(event_log_path: Optional[str], cwd: str) -> str:
     return os.path.join(base or cwd, STATE_DIR)
 
 
-def state_key(job_id: Optional[str], host: str, config_id: str) -> str:
-    h = f"{zlib.crc32(config_id.encode('utf-8', 'surrogateescape')):08x}"
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job_id or 'nojob'}-{host.split('.')[0]}-{h}")
-    return safe
+def config_hash(config_id: str) -> str:
+    return f"{zlib.crc32(config_id.encode('utf-8', 'surrogateescape')):08x}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def state_key(job_id: Optional[str], host: str, config_id: str, restart: int = 0) -> str:
+    """``<job>-<host>-<hash>``; a requeued job (SLURM_RESTART_COUNT = k > 0) gets
+    ``<job>.r<k>-<host>-<hash>``: each run of a job keeps its own file."""
+    run = f".r{restart}" if restart > 0 else ""
+    return _safe(f"{job_id or 'nojob'}{run}-{host.split('.')[0]}-{config_hash(config_id)}")
 
 
 def default_state_path(
-    event_log_path: Optional[str], cwd: str, job_id: Optional[str], config_id: str
+    event_log_path: Optional[str],
+    cwd: str,
+    job_id: Optional[str],
+    config_id: str,
+    restart: int = 0,
 ) -> str:
-    key = state_key(job_id, socket.gethostname(), config_id)
+    key = state_key(job_id, socket.gethostname(), config_id, restart)
     return os.path.join(state_dir_for(event_log_path, cwd), key + ".json")
+
+
+def find_previous_run(
+    directory: str, job_id: Optional[str], config_id: str, restart: int
+) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """The state of the latest earlier run (restart count < ``restart``) of the same job and
+    config, on any host: a requeued job starts from where its previous run stopped."""
+    if not job_id or restart <= 0:
+        return None
+    pat = re.compile(
+        re.escape(_safe(job_id)) + r"(?:\.r(\d+))?-.+-" + config_hash(config_id) + r"\.json$"
+    )
+    best: Optional[Tuple[int, str, str, Dict[str, Any]]] = None
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    for n in names:
+        m = pat.match(n)
+        if not m:
+            continue
+        k = int(m.group(1) or 0)
+        if k >= restart:
+            continue
+        p = os.path.join(directory, n)
+        data = read_state(p)
+        if data is None:
+            continue
+        rank = (k, str(data.get("updated") or ""))
+        if best is None or rank > (best[0], best[1]):
+            best = (k, rank[1], p, data)
+    return None if best is None else (best[2], best[3])
 
 
 def control_dir(state_path: str) -> str:

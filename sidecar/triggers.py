@@ -30,6 +30,8 @@ class Firing:
     timeout: Optional[float] = None
     captures: Mapping[str, Optional[str]] = field(default_factory=dict)
     variables: Mapping[str, str] = field(default_factory=dict)
+    extra: Optional[Mapping[str, Any]] = None  # more for the match record (threshold, record)
+    through_lineno: Optional[int] = None  # the last line this firing consumed (multi-line)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class WatcherRuntime:
         self.last_firing: Optional[Firing] = None
         self.timer_next: Optional[float] = None
         self.matches = 0
+        self.held = 0  # matches held back by a threshold or suppression
 
     @property
     def name(self) -> str:
@@ -178,24 +181,85 @@ class WatcherRuntime:
 
 @dataclass
 class StaleTracker:
-    """One (stale watcher, file) pair. ``last_write`` is monotonic time of the last write."""
+    """One (stale watcher, file) pair. ``last_write`` is monotonic time of the last write.
+
+    With a CPU condition (``wants_cpu``) the job's CPU time is sampled once early in each
+    quiet spell (``mark_delay`` after the last write, so a file written every few seconds
+    costs no sample at all) and again at the deadline: the average between the two says
+    whether the job computes (not a hang: the check starts again, ``window_start`` moves)
+    or sits idle. ``path`` is empty for the grace check of a file that never appeared.
+    """
 
     watcher: str
     path: str
     timeout: float
     last_write: float
     fired: bool = False
+    wants_cpu: bool = False
+    cpu_mark: Any = None  # a jobinfo.TreeSample taken early in the quiet spell
+    window_start: Optional[float] = None  # set when a busy check restarted the window
+
+    @property
+    def mark_delay(self) -> float:
+        return min(60.0, max(0.05, self.timeout * 0.05))
 
     def deadline(self) -> Optional[float]:
-        return None if self.fired else self.last_write + self.timeout
+        if self.fired:
+            return None
+        start = self.last_write if self.window_start is None else self.window_start
+        d = start + self.timeout
+        if self.wants_cpu and self.cpu_mark is None:
+            return min(d, self.last_write + self.mark_delay)
+        return d
+
+    def stale_at(self) -> Optional[float]:
+        if self.fired:
+            return None
+        start = self.last_write if self.window_start is None else self.window_start
+        return start + self.timeout
+
+    def mark_due(self, now: float) -> bool:
+        return (
+            self.wants_cpu
+            and not self.fired
+            and self.cpu_mark is None
+            and now >= self.last_write + self.mark_delay
+        )
 
     def wrote(self, now: float) -> None:
         self.last_write = now
         self.fired = False
+        self.cpu_mark = None
+        self.window_start = None
 
     def due(self, now: float) -> bool:
-        d = self.deadline()
+        d = self.stale_at()
         return d is not None and now >= d
+
+    def restart_window(self, now: float, mark: Any) -> None:
+        """The job was busy (or its state unknown): judge again one timeout from now."""
+        self.window_start = now
+        self.cpu_mark = mark
+
+
+@dataclass
+class LevelWatch:
+    """A sampled level against a limit (memory): fires once per crossing, re-arms below."""
+
+    watcher: str
+    interval: float
+    next_at: float
+    above: bool = False
+
+    def crossed(self, value: float, limit: float) -> bool:
+        """True when ``value`` rises to ``limit`` or more (once until it falls back)."""
+        if value >= limit:
+            if not self.above:
+                self.above = True
+                return True
+            return False
+        self.above = False
+        return False
 
 
 def stale_timeout(w: Watcher) -> Optional[float]:
