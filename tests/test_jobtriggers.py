@@ -523,3 +523,123 @@ def test_same_file_seen_from_another_node_keeps_its_position(tmp_path: Path) -> 
     assert (got.dev, got.inode, got.offset, got.lineno) == (st.st_dev, st.st_ino, 2, 2)
     shorter = stmod.FileResume(st.st_dev + 1, st.st_ino, 99, 9, 0)
     assert _same_file_elsewhere(str(f), shorter) == shorter, "a shorter file is not trusted"
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+def test_threshold_per_key_and_suppression_report_what_they_held_back(
+    tmp_path: Path, running: List[Running]
+) -> None:
+    """threshold 3 in 60 s per rank: rank 0's third warning fires, rank 1 (two warnings)
+    never does; with suppress, rank 0's next threshold-crossings within the period are held
+    back and counted, and the count is reported at stop (no later firing carried it)."""
+    from sidecar.model import RateLimit, Throttle
+
+    log = tmp_path / "job.out"
+    log.write_text("")
+    out = tmp_path / "fired.txt"
+    r = start(
+        tmp_path,
+        [
+            Watcher(
+                "nccl",
+                Source(filepath_regex=r"^job\.out$"),
+                RegexTrigger(r"rank (\d+): NCCL WARN", captures=("rank",)),
+                (run(f'echo "$KEY $COUNT $SUPPRESSED" >> {out}'),),
+                throttle=Throttle(RateLimit(3, 60.0), track_by="$rank", suppress=600.0),
+            )
+        ],
+        running,
+    )
+    with log.open("a") as fh:
+        fh.write("rank 0: NCCL WARN a\nrank 1: NCCL WARN a\nrank 0: NCCL WARN b\n")
+        fh.write("rank 1: NCCL WARN b\nrank 0: NCCL WARN c\n")
+    wait_until(lambda: out.exists() and out.read_text().strip(), timeout=10)
+    with log.open("a") as fh:
+        fh.write("rank 0: NCCL WARN d\n" * 6)  # two more crossings of 3: held back
+    wait_until(lambda: r.engine.runtimes["nccl"].held >= 6, timeout=10)
+    r.stop()
+    assert out.read_text().split() == ["0", "3", "0"]
+    m = r.recs("match", watcher="nccl")
+    assert len(m) == 1 and m[0]["extra"]["throttle"] == {"key": "0", "count": 3, "suppressed": 0}
+    held = r.recs("skipped", watcher="nccl", reason="suppressed")
+    assert held and held[0]["extra"] == {"count": 2, "key": "0"}
+
+
+# ---------------------------------------------------------------------------- records
+
+
+TRACEBACK = """epoch 3 loss 0.5
+Traceback (most recent call last):
+  File "train.py", line 10, in <module>
+    step()
+  File "train.py", line 5, in step
+    raise ValueError("bad batch")
+ValueError: bad batch
+epoch 4 loss 0.4
+"""
+
+
+def test_python_traceback_is_handed_over_whole(tmp_path: Path, running: List[Running]) -> None:
+    """A multi-line watcher gathers a Python traceback from its header to the exception
+    line and gives the actions the whole record (RECORD, MATCH), once; lines after it are
+    not part of it."""
+    from sidecar.model import MULTILINE_PRESETS, MultiLine
+
+    start_re, end_re = MULTILINE_PRESETS["python_traceback"]
+    log = tmp_path / "job.out"
+    log.write_text("")
+    out = tmp_path / "record.txt"
+    r = start(
+        tmp_path,
+        [
+            Watcher(
+                "tb",
+                Source(filepath_regex=r"^job\.out$"),
+                RegexTrigger(start_re, multiline=MultiLine(end_re, preset="python_traceback")),
+                (run(f'printf "%s" "$RECORD" > {out}; echo "/$RECORD_LINES" >> {out}'),),
+            )
+        ],
+        running,
+    )
+    with log.open("a") as fh:
+        fh.write(TRACEBACK[:60])  # the record arrives in pieces
+        fh.flush()
+        time.sleep(0.2)
+        fh.write(TRACEBACK[60:])
+    wait_until(lambda: out.exists() and "/" in out.read_text(), timeout=10)
+    body = out.read_text()
+    lines = TRACEBACK.splitlines()
+    assert body == "\n".join(lines[1:7]) + "/6\n"
+    m = r.recs("match", watcher="tb")
+    assert len(m) == 1 and m[0]["lineno"] == 2
+    assert m[0]["extra"]["record"] == {"lines": 6, "last_lineno": 7, "reason": "end"}
+
+
+def test_unfinished_record_is_handed_over_after_its_timeout(
+    tmp_path: Path, running: List[Running]
+) -> None:
+    """A block whose end never comes is handed over `timeout` seconds after its last line,
+    with reason timeout."""
+    from sidecar.model import MultiLine
+
+    log = tmp_path / "job.out"
+    log.write_text("")
+    r = start(
+        tmp_path,
+        [
+            Watcher(
+                "block",
+                Source(filepath_regex=r"^job\.out$"),
+                RegexTrigger(r"^BEGIN REPORT", multiline=MultiLine(r"^END REPORT", timeout=0.5)),
+                (run("true"),),
+            )
+        ],
+        running,
+    )
+    with log.open("a") as fh:
+        fh.write("BEGIN REPORT\nline a\nline b\n")
+    m = wait_until(lambda: r.recs("match", watcher="block"), timeout=10)
+    assert m[0]["line"] == "BEGIN REPORT\nline a\nline b"
+    assert m[0]["extra"]["record"]["reason"] == "timeout"
