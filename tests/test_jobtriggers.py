@@ -70,7 +70,7 @@ def running() -> Iterator[List[Running]]:
 
 
 @pytest.fixture
-def children() -> Iterator[List["subprocess.Popen[bytes]"]]:
+def children() -> Iterator[List[subprocess.Popen[bytes]]]:
     procs: List[subprocess.Popen[bytes]] = []
     yield procs
     for p in procs:
@@ -85,7 +85,7 @@ def start(
     running: List[Running],
     *,
     env: Optional[Dict[str, str]] = None,
-    follow: Optional["subprocess.Popen[bytes]"] = None,
+    follow: Optional[subprocess.Popen[bytes]] = None,
     install_signals: bool = False,
     **settings: Any,
 ) -> Running:
@@ -113,7 +113,7 @@ def run(cmd: str, **kw: Any) -> ActionSpec:
     return ActionSpec("run_command", {"command": cmd}, **kw)
 
 
-def spawn(children: List["subprocess.Popen[bytes]"], code: str) -> "subprocess.Popen[bytes]":
+def spawn(children: List[subprocess.Popen[bytes]], code: str) -> subprocess.Popen[bytes]:
     p = subprocess.Popen([sys.executable, "-c", code])
     children.append(p)
     return p
