@@ -94,9 +94,21 @@ def base_variables(firing: Firing, ctx: JobContext) -> Dict[str, str]:
     return v
 
 
+#: Linux refuses (E2BIG) an exec whose single environment string is over 128 KiB
+ENV_VALUE_CAP = 100_000
+ENV_CUT_MARKER = " [...cut]"
+
+
 def _env_safe(v: str) -> str:
-    """An environment value cannot hold a NUL byte (binary garbage in a log line)."""
-    return v.replace("\0", "\ufffd") if "\0" in v else v
+    """An environment value cannot hold a NUL byte (binary garbage in a log line), nor be
+    longer than the kernel takes (a 1 MiB line, a long multi-line record): cut, marked."""
+    if "\0" in v:
+        v = v.replace("\0", "\ufffd")
+    if len(v) > ENV_VALUE_CAP // 4:
+        b = v.encode("utf-8", "surrogateescape")
+        if len(b) > ENV_VALUE_CAP:
+            v = b[:ENV_VALUE_CAP].decode("utf-8", "ignore") + ENV_CUT_MARKER
+    return v
 
 
 #: variables of the newer triggers that commands also get as environment variables
@@ -190,7 +202,7 @@ def prepare(spec: ActionSpec, firing: Firing, ctx: JobContext, settings: Setting
         command, extra_env = substitute_shell(template, own)
         env = dict(ctx.environ)
         env.update(haskell_env(firing))
-        env.update(extra_env)
+        env.update((k, _env_safe(v)) for k, v in extra_env.items())
         if ctx.job_id:
             env.setdefault("JOB_ID", ctx.job_id)
         return Process(command, env, ctx.cwd, timeout)

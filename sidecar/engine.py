@@ -155,6 +155,7 @@ class Engine:
         self.watch_config: Tuple[str, ...] = ()  # files whose change means reload
         self.dropin_dir: Optional[str] = None
         self.state_path: Optional[str] = None
+        self._journal: Optional[stmod.Journal] = None
         self.control_dir: Optional[str] = None
         self._resume: Dict[str, stmod.FileResume] = {}
         self._state_dirty_at: Optional[float] = None
@@ -350,6 +351,8 @@ class Engine:
             requeued_from = path
         if prev is None:
             return
+        if requeued_from is None and self._journal is not None:
+            self._journal.seq = _int(prev.get("journal_seq"))  # go on numbering
         self.resubmits = _int(prev.get("resubmits"))
         pid = int(prev.get("pid") or 0)
         if (
@@ -389,6 +392,9 @@ class Engine:
 
     def _set_state_path(self, path: str, keep_dropin: bool = False) -> None:
         self.state_path = path
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = stmod.Journal(stmod.journal_path(path))
         self.control_dir = stmod.control_dir(path)
         if self.dropin_dir is None or not keep_dropin and self._dropin_default:
             self.dropin_dir = _stem(path) + ".d"
@@ -436,6 +442,7 @@ class Engine:
             "job_id": self.ctx.job_id,
             "restart_count": self.restart_count,
             "resubmits": self.resubmits,
+            "journal_seq": self._journal.seq if self._journal is not None else 0,
             "started": self._started_iso,
             "updated": utc_now_iso(),
             "running": self._stop_reason is None,
@@ -462,6 +469,8 @@ class Engine:
         }
         try:
             stmod.write_atomic(self.state_path, data)
+            if self._journal is not None:
+                self._journal.clear()
         except OSError as exc:
             self.log.warning("cannot write the state file", state=self.state_path, error=str(exc))
         if self._prom_dirty and self.settings.prometheus_textfile:
@@ -978,6 +987,11 @@ class Engine:
                     FileEventKind.ATTRIBUTE,
                 )
             ):
+                if not os.path.lexists(path):
+                    # an event that reached us after the file was deleted (and forgotten):
+                    # nothing to read; file-event watchers still hear of it
+                    self._file_event_only(ev)
+                    continue
                 st = self._discover(path, existing=False)
             if st is None:
                 if ev.is_dir or ev.kind in (FileEventKind.REMOVE, FileEventKind.DELETE_DIRECTORY):
@@ -1235,14 +1249,23 @@ class Engine:
         )
         change = rt.fired(firing, now)
         self._last_event[name] = utc_now_iso()
+        saved: Optional[stmod.FileResume] = None
         if trigger == "regex" and firing.file is not None:
             st = self.files.get(firing.file)
             if st is not None and st.saved is not None and firing.lineno is not None:
                 through = firing.through_lineno or firing.lineno
-                st.saved = stmod.FileResume(
+                saved = st.saved = stmod.FileResume(
                     st.saved.dev, st.saved.inode, st.saved.offset, st.saved.lineno, through
                 )
-                self.save_state()  # before the actions start: a restart will not repeat them
+        if self._journal is not None:
+            # before the actions start: a restart will not repeat them, nor forget the count
+            try:
+                self._journal.append(
+                    firing.file if saved is not None else None, saved, name, rt.trigger_count
+                )
+            except OSError as exc:
+                self.log.warning("cannot write the state journal", error=str(exc))
+                self.save_state()
         self._mark_dirty()
         self._start_chain(firing)
         if change:
@@ -1799,24 +1822,19 @@ class Engine:
             from sidecar.records import RecordGatherer
 
             g = self.gatherers[key] = RecordGatherer(self._multiline[name])
-        if not g.is_open and not starts:
-            return
-        from sidecar.records import iter_lines
-
-        now = self.clock()
-        first = chunk.lineno if g.is_open else min(starts)
-        last_start = max(starts) if starts else 0
-        for lineno, text in iter_lines(chunk, first - 1):
-            rec = None
-            m = starts.get(lineno)
-            if m is not None:
-                rec = g.start(m, now)
-            elif g.is_open:
-                rec = g.feed(lineno, text, now)
-            elif lineno > last_start:
-                break
+        if g.is_open and chunk.lineno <= g.last_lineno:
+            # the file was truncated or replaced (its lines are numbered from 1 again): the
+            # record gathered so far is handed over as it is
+            rec = g.flush()
             if rec is not None:
                 self._on_match(name, rec.start, st, record=rec)
+        if not g.is_open and not starts:
+            return
+        from sidecar.records import gather_chunk
+
+        ordered = [starts[k] for k in sorted(starts)]
+        for rec in gather_chunk(g, chunk, ordered, self.clock()):
+            self._on_match(name, rec.start, st, record=rec)
 
     def _gathered(self, rec: Any, key: Tuple[str, str]) -> None:
         st = self.files.get(key[1])
@@ -1997,6 +2015,8 @@ class Engine:
         except Exception:
             pass
         self.save_state()
+        if self._journal is not None:
+            self._journal.close()
         self.eventlog.close()
         if self.install_signals:
             try:

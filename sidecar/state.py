@@ -22,7 +22,7 @@ import re
 import socket
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 STATE_DIR = ".sidecar"
 VERSION = 1
@@ -120,13 +120,112 @@ def write_atomic(path: str, data: Mapping[str, Any]) -> None:
 
 
 def read_state(path: str) -> Optional[Dict[str, Any]]:
+    """The state file with its journal applied (see :class:`Journal`)."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, ValueError):
+        data = None
+    if data is not None and (not isinstance(data, dict) or data.get("version") != VERSION):
         return None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        return None
+    return apply_journal(data, journal_path(path))
+
+
+def journal_path(state_path: str) -> str:
+    return (state_path[: -len(".json")] if state_path.endswith(".json") else state_path) + (
+        ".journal"
+    )
+
+
+class Journal:
+    """What a firing must not lose, appended to a small file before its actions start.
+
+    Rewriting the whole state file (JSON, temporary file, rename) before every firing cost
+    ~2 ms; appending one line to an open file costs ~20 us. Each line is a JSON list
+    ``[seq, path, dev, inode, offset, lineno, fired_through, watcher, triggers]``. The state
+    file records the last ``seq`` it includes (``journal_seq``); after it is written the
+    journal is emptied. A reader applies the lines with a higher ``seq`` (a crash between
+    the two writes leaves lines the state already holds: they are skipped, never applied
+    twice or backwards).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seq = 0
+        self._fd = -1
+
+    def append(
+        self,
+        path: Optional[str],
+        res: Optional[FileResume],
+        watcher: str,
+        triggers: int,
+    ) -> None:
+        self.seq += 1
+        pos: List[Any] = (
+            [res.dev, res.inode, res.offset, res.lineno, res.fired_through]
+            if res is not None
+            else [0, 0, 0, 0, 0]
+        )
+        line = json.dumps([self.seq, path, *pos, watcher, triggers], separators=(",", ":"))
+        if self._fd < 0:
+            d = os.path.dirname(self.path)
+            if d:
+                os.makedirs(d, exist_ok=True)
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+        os.write(self._fd, line.encode("utf-8", "surrogateescape") + b"\n")
+
+    def clear(self) -> None:
+        """The state file now holds everything up to ``seq``."""
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+        else:
+            try:
+                os.truncate(self.path, 0)  # a predecessor's lines, now in the state file
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            finally:
+                self._fd = -1
+
+
+def apply_journal(data: Optional[Dict[str, Any]], path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return data
+    done = int((data or {}).get("journal_seq") or 0)
+    for raw in lines:
+        try:
+            seq, fpath, dev, ino, off, lineno, through, watcher, triggers = json.loads(raw)
+            seq = int(seq)
+        except (ValueError, TypeError):
+            continue  # a line cut by a crash
+        if seq <= done:
+            continue
+        if data is None:
+            data = {"version": VERSION, "files": {}, "watchers": {}}
+        done = seq
+        if fpath and (dev or ino):
+            data.setdefault("files", {})[fpath] = {
+                "dev": dev,
+                "inode": ino,
+                "offset": off,
+                "lineno": lineno,
+                "fired_through": through,
+            }
+        w = data.setdefault("watchers", {}).setdefault(str(watcher), {})
+        if isinstance(w, dict):
+            w["triggers"] = max(int(w.get("triggers") or 0), int(triggers))
+    if data is not None:
+        data["journal_seq"] = done
     return data
 
 

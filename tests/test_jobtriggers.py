@@ -643,3 +643,30 @@ def test_unfinished_record_is_handed_over_after_its_timeout(
     m = wait_until(lambda: r.recs("match", watcher="block"), timeout=10)
     assert m[0]["line"] == "BEGIN REPORT\nline a\nline b"
     assert m[0]["extra"]["record"]["reason"] == "timeout"
+
+
+def test_a_huge_record_still_runs_its_command(tmp_path: Path, running: List[Running]) -> None:
+    """A matched line of 600 KB (over the kernel's 128 KiB limit for one environment
+    string) still runs the command: MATCH and the capture are cut and marked, not E2BIG."""
+    log = tmp_path / "job.out"
+    log.write_text("")
+    out = tmp_path / "len.txt"
+    r = start(
+        tmp_path,
+        [
+            Watcher(
+                "big",
+                Source(filepath_regex=r"^job\.out$"),
+                RegexTrigger(r"^BIG (x+)$"),
+                (run(f'printf "%s" "$MATCH" | wc -c > {out}; printf "%s" "$1" | tail -c 9 >> {out}'),),
+            )
+        ],
+        running,
+    )
+    with log.open("a") as fh:
+        fh.write("BIG " + "x" * 600_000 + "\n")
+    wait_until(lambda: out.exists() and "cut" in out.read_text(), timeout=10)
+    n = int(out.read_text().split()[0])
+    assert 100_000 <= n <= 100_100
+    acts = r.recs("action", watcher="big")
+    assert acts and acts[0]["ok"] is True

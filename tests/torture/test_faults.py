@@ -439,7 +439,8 @@ def test_bad_actions_are_killed_capped_and_isolated(
     figure_max("fault_bad_actions", other_watcher_latency_max_s=max(lat),
                rss_growth_mb=rss1 - rss0, fd_growth=fds1 - fds0)
     assert max(lat) < 2.0, lat
-    assert fds1 - fds0 <= 2, (fds0, fds1)
+    # + the state journal, opened at the first firing and kept open
+    assert fds1 - fds0 <= 3, (fds0, fds1)
 
 
 def test_sigterm_while_bad_actions_run_stops_cleanly(
