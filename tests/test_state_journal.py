@@ -1,0 +1,65 @@
+"""The state file's journal: a firing appends one line before its actions start; a reader
+applies only the lines the state file does not hold yet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sidecar import state as stmod
+
+
+def test_journal_alone_gives_positions_and_trigger_counts(tmp_path: Path) -> None:
+    """A sidecar killed before it ever wrote its state file: the journal still says where
+    each firing was and how many times each watcher fired."""
+    sp = str(tmp_path / "s.json")
+    j = stmod.Journal(stmod.journal_path(sp))
+    j.append("/log/a", stmod.FileResume(1, 2, 100, 7, 9), "err", 1)
+    j.append("/log/a", stmod.FileResume(1, 2, 100, 7, 12), "err", 2)
+    j.append(None, None, "hang", 1)
+    j.close()
+    data = stmod.read_state(sp)
+    assert data is not None
+    assert data["files"]["/log/a"] == {
+        "dev": 1, "inode": 2, "offset": 100, "lineno": 7, "fired_through": 12
+    }
+    assert data["watchers"]["err"]["triggers"] == 2
+    assert data["watchers"]["hang"]["triggers"] == 1
+    assert stmod.resume_positions(data)["/log/a"].fired_through == 12
+
+
+def test_lines_the_state_file_holds_are_not_applied_again(tmp_path: Path) -> None:
+    """Killed between writing the state file and emptying the journal: the journal's older
+    lines must not move a position backwards; a newer line still applies."""
+    sp = str(tmp_path / "s.json")
+    j = stmod.Journal(stmod.journal_path(sp))
+    j.append("/log/a", stmod.FileResume(1, 2, 100, 7, 9), "err", 1)
+    stmod.write_atomic(sp, {
+        "version": stmod.VERSION, "journal_seq": 1,
+        "files": {"/log/a": {"dev": 1, "inode": 2, "offset": 5000, "lineno": 80,
+                             "fired_through": 0}},
+        "watchers": {"err": {"triggers": 1}},
+    })
+    data = stmod.read_state(sp)
+    assert data is not None and data["files"]["/log/a"]["offset"] == 5000
+    j.append("/log/a", stmod.FileResume(1, 2, 5000, 80, 85), "err", 2)
+    data = stmod.read_state(sp)
+    assert data is not None
+    assert data["files"]["/log/a"] == {
+        "dev": 1, "inode": 2, "offset": 5000, "lineno": 80, "fired_through": 85
+    }
+    assert data["watchers"]["err"]["triggers"] == 2
+    j.clear()
+    assert Path(stmod.journal_path(sp)).read_text() == ""
+    j.close()
+
+
+def test_a_line_cut_by_a_crash_is_ignored(tmp_path: Path) -> None:
+    """The last journal line may be cut short by a crash: it is skipped, the rest read."""
+    sp = str(tmp_path / "s.json")
+    jp = Path(stmod.journal_path(sp))
+    good = json.dumps([1, "/log/a", 1, 2, 10, 1, 1, "err", 1])
+    jp.write_text(good + "\n" + good[:-9])
+    data = stmod.read_state(sp)
+    assert data is not None and data["files"]["/log/a"]["fired_through"] == 1
+    assert data["journal_seq"] == 1
