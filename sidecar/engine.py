@@ -188,6 +188,9 @@ class Engine:
         self._tl_fired: Set[str] = set()
         self._tl_query_at: Optional[float] = None
         self._tl_end: Optional[float] = None  # epoch seconds of the job's end
+        self._tl_thread: Any = None  # asking SLURM for it
+        self._tl_answer: Optional[Tuple[Optional[float], str]] = None
+        self._tl_asked = False
         self._tl_signals: Dict[int, List[str]] = {}
         self._probe_next: Dict[str, float] = {}
         self._probe_running: Set[str] = set()
@@ -1628,15 +1631,37 @@ class Engine:
             )
 
     def _query_end_time(self, now: float) -> None:
-        from sidecar.jobinfo import job_end_time
-
+        """Ask SLURM for the job's end time, in a thread (scontrol may take seconds when the
+        controller is busy; the loop goes on). The answer arrives through the wake pipe."""
         self._tl_query_at = None
-        try:
-            end, where = job_end_time(self.environ)
-        except Exception as exc:
-            end, where = None, repr(exc)
-        first = self._tl_end is None
-        self._tl_end = end
+        if self._tl_thread is not None:
+            return
+        import threading
+
+        environ = dict(self.environ)
+        use_env = self._tl_end is None  # SLURM_JOB_END_TIME is fixed at the job's start
+
+        def work() -> None:
+            from sidecar.jobinfo import job_end_time
+
+            try:
+                answer = job_end_time(environ, use_env=use_env)
+            except Exception as exc:  # never: job_end_time does not raise
+                answer = (None, repr(exc))
+            self._tl_answer = answer
+            self._wake()
+
+        self._tl_thread = threading.Thread(target=work, name="sidecar-end-time", daemon=True)
+        self._tl_thread.start()
+
+    def _end_time_answer(self, now: float) -> None:
+        answer, self._tl_answer = self._tl_answer, None
+        self._tl_thread = None
+        if answer is None:
+            return
+        end, where = answer
+        first = not self._tl_asked
+        self._tl_asked = True
         names = [
             w.name
             for w in self.config.watchers
@@ -1650,15 +1675,20 @@ class Engine:
                     message=f"the job's end time is unknown ({where}): time_limit watchers "
                     f"{', '.join(names)} fire only on their signal",
                 )
-            return
+            if self._tl_end is None:
+                return
+            end = self._tl_end  # a later query failed: keep what we knew
+        self._tl_end = end
         left = end - self.wall()
         for n in names:
             t = self.runtimes[n].watcher.trigger
             assert isinstance(t, TimeLimitTrigger)
             self._tl_due[n] = now + max(0.0, left - t.before)
         if self._tl_due:
-            # the limit may change (scontrol update): look again every 15 minutes
-            self._tl_query_at = min(min(self._tl_due.values()), now + 900.0)
+            # the limit may change (scontrol update): ask again, more often as the first
+            # deadline comes closer (every 15 minutes at most, every minute at least)
+            gap = min(self._tl_due.values()) - now
+            self._tl_query_at = now + min(900.0, max(60.0, gap / 2))
         if first:
             self._record(
                 "info",
@@ -1668,15 +1698,7 @@ class Engine:
             )
 
     def _time_limit_due(self, now: float) -> None:
-        due = [n for n, at in self._tl_due.items() if now >= at]
-        if not due:
-            return
-        # the limit may have been extended since: ask again before acting
-        old_end = self._tl_end
-        self._query_end_time(now)
-        if self._tl_end is not None and old_end is not None and self._tl_end > old_end + 1.0:
-            return  # rescheduled
-        for n in due:
+        for n in [n for n, at in self._tl_due.items() if now >= at]:
             self._fire_time_limit(n, None)
 
     def _time_limit_signal(self, sig: int) -> None:
@@ -1868,6 +1890,8 @@ class Engine:
                 self._stale_due(tr, now)
         if self._mem:
             self._memory_due(now)
+        if self._tl_answer is not None:
+            self._end_time_answer(now)
         if self._tl_query_at is not None and now >= self._tl_query_at:
             self._query_end_time(now)
         if self._tl_due:
