@@ -327,9 +327,10 @@ def test_state_saved_during_rotation_names_the_right_file(tmp_path: Path) -> Non
     os.rename(job, se.dir / "job.log.1")
     job.write_bytes(b"new\n")  # the new file: short, nothing to fire on
     se.pump()  # fires on HIT 1 (old file) and saves the state: then "SIGKILL"
-    import json
+    from sidecar.state import read_state
 
-    state = json.loads(Path(se.engine.state_path or "").read_text())
+    state = read_state(se.engine.state_path or "")  # the state file and its journal
+    assert state is not None
     saved = state["files"][str(job)]
     st = os.stat(job)
     se.engine.eventlog.close()
