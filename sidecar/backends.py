@@ -29,8 +29,12 @@ was added; so a ``create`` can come twice: the engine treats it as idempotent). 
 identical events in one batch are merged, as the kernel itself does.
 
 :func:`make_backend` with ``"auto"`` returns inotify when it works, with polling for the
-directories inotify cannot take (watch limit reached), and polling alone when inotify is
+directories inotify cannot take (watch limit reached) or cannot follow (on a network or
+parallel filesystem -- NFS, Lustre, GPFS, BeeGFS, CIFS ... -- inotify does not see the writes
+made on other nodes; :mod:`sidecar.fstype` tells), and polling alone when inotify is
 unavailable (kernel without it, too many inotify instances); the reason is logged.
+The filesystem is looked at for the directories given to ``watch_dir``, not for each
+subdirectory of a recursive watch.
 """
 
 from __future__ import annotations
@@ -520,9 +524,33 @@ class PollingBackend:
 
 # ---------------------------------------------------------------------------- auto
 
+_REMOTE_REASON = "inotify does not see writes made on other nodes"
+
+
+def _default_remote_fs(path: str) -> Optional[str]:
+    from sidecar.fstype import remote_fs
+
+    return remote_fs(path)
+
+
+def _ask_remote_fs(remote_fs: Callable[[str], Optional[str]], path: str) -> Optional[str]:
+    """The network filesystem holding ``path``, None for a local one or when it cannot
+    be told (then inotify is tried, as before)."""
+    try:
+        return remote_fs(path)
+    except Exception as exc:
+        _log.debug("cannot tell the filesystem type", directory=path, problem=str(exc))
+        return None
+
 
 class AutoBackend:
-    """inotify, plus polling for the directories inotify cannot watch (watch limit)."""
+    """inotify, plus polling for the directories inotify cannot follow: those on a network
+    or parallel filesystem (``remote_fs(path)`` names one: inotify does not see the writes
+    made on other nodes) and those over the watch limit.
+
+    ``choices`` maps each watched directory (absolute) to ``(backend, reason)``, backend
+    "inotify" or "poll", for ``sidecar check`` and the status.
+    """
 
     def __init__(
         self,
@@ -530,12 +558,16 @@ class AutoBackend:
         poll_interval: float,
         log: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        remote_fs: Optional[Callable[[str], Optional[str]]] = None,
     ) -> None:
         self._ino = inotify
         self._poll = PollingBackend(poll_interval)
         self._log = log or _log
         self._clock = clock
         self._next_poll = 0.0
+        self._remote_fs = remote_fs or _default_remote_fs
+        self._warned_remote: Set[str] = set()
+        self.choices: Dict[str, Tuple[str, str]] = {}
 
     @property
     def name(self) -> str:
@@ -548,6 +580,17 @@ class AutoBackend:
         return self._poll.poll_interval() if self._poll.watching else None
 
     def watch_dir(self, path: str, recursive: bool) -> None:
+        path = os.path.abspath(path)
+        fs = _ask_remote_fs(self._remote_fs, path)
+        if fs is not None:
+            self._poll.watch_dir(path, recursive)  # BackendError for a missing directory
+            self.choices[path] = ("poll", f"{fs}: {_REMOTE_REASON}")
+            if path not in self._warned_remote:
+                self._warned_remote.add(path)
+                self._log.warning(
+                    "polling a directory on a network filesystem", directory=path, fs=fs
+                )
+            return
         try:
             self._ino.watch_dir(path, recursive)
         except BackendError as exc:
@@ -557,6 +600,9 @@ class AutoBackend:
                 "polling a directory inotify cannot watch", directory=path, reason=exc.reason
             )
             self._poll.watch_dir(path, recursive)
+            self.choices[path] = ("poll", exc.reason)
+            return
+        self.choices[path] = ("inotify", "local filesystem")
 
     def read(self) -> List[FileEvent]:
         out = self._ino.read()
@@ -581,21 +627,61 @@ class AutoBackend:
         self._poll.close()
 
 
+class _CheckedInotifyBackend(InotifyBackend):
+    """inotify chosen by the user (backend = "inotify"): used on every directory, with a
+    warning for those on a network filesystem (writes made on other nodes are not seen)."""
+
+    def __init__(
+        self,
+        inotify_factory: Optional[Callable[[], Any]],
+        log: Any,
+        remote_fs: Optional[Callable[[str], Optional[str]]],
+    ) -> None:
+        super().__init__(inotify_factory)
+        self._log = log or _log
+        self._remote_fs = remote_fs or _default_remote_fs
+        self._warned_remote: Set[str] = set()
+        self.choices: Dict[str, Tuple[str, str]] = {}
+
+    def watch_dir(self, path: str, recursive: bool) -> None:
+        path = os.path.abspath(path)
+        super().watch_dir(path, recursive)
+        fs = _ask_remote_fs(self._remote_fs, path)
+        if fs is None:
+            self.choices[path] = ("inotify", "backend = inotify; local filesystem")
+            return
+        self.choices[path] = (
+            "inotify",
+            f"backend = inotify; {fs}: writes made on other nodes are not seen",
+        )
+        if path not in self._warned_remote:
+            self._warned_remote.add(path)
+            self._log.warning(
+                "inotify on a network filesystem: writes made on other nodes will not be seen"
+                ' (backend = "auto" polls it)',
+                directory=path,
+                fs=fs,
+            )
+
+
 def make_backend(
     kind: str,
     poll_interval: float,
     log: Any = None,
     *,
     inotify_factory: Optional[Callable[[], Any]] = None,
+    remote_fs: Optional[Callable[[str], Optional[str]]] = None,
 ) -> Backend:
-    """``kind``: "inotify" (BackendError when unavailable), "poll", or "auto" (inotify,
-    falling back to polling -- with the reason logged -- when inotify is unavailable, and
-    polling the directories it cannot watch)."""
+    """``kind``: "inotify" (BackendError when unavailable; a directory on a network
+    filesystem gets a warning), "poll", or "auto" (inotify, falling back to polling --
+    with the reason logged -- when inotify is unavailable, and polling the directories it
+    cannot watch or follow: over the watch limit, or on a network filesystem).
+    ``remote_fs(path) -> fs name or None`` (default :func:`sidecar.fstype.remote_fs`)."""
     log = log or _log
     if kind == "poll":
         return PollingBackend(poll_interval)
     if kind == "inotify":
-        return InotifyBackend(inotify_factory)
+        return _CheckedInotifyBackend(inotify_factory, log, remote_fs)
     if kind == "auto":
         try:
             ino = InotifyBackend(inotify_factory)
@@ -606,5 +692,5 @@ def make_backend(
                 poll_interval=poll_interval,
             )
             return PollingBackend(poll_interval)
-        return AutoBackend(ino, poll_interval, log)
+        return AutoBackend(ino, poll_interval, log, remote_fs=remote_fs)
     raise BackendError(f"unknown backend {kind!r} (expected auto, inotify or poll)")

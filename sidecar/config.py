@@ -2,7 +2,9 @@
 
 Reads the Haskell Sidecar's schema (``[[regex_actions]]``, ``[[stale_file_actions]]``,
 ``[[file_event_actions]]`` / ``[[event_actions]]``, ``queue_length``) and ours (the other
-top-level settings, ``[notify]``, and more keys per watcher; see docs/config.md).
+top-level settings, ``[notify]``, more keys per watcher, and the tables of the triggers that
+understand the job: ``[[probe_actions]]``, ``[[job_end_actions]]``,
+``[[time_limit_actions]]``, ``[[memory_actions]]``; see docs/config.md).
 
 Validation is done by pydantic models with ``extra="forbid"`` (strict: TOML values are typed,
 so ``"60"`` is not a number) plus a few checks of our own. Every problem found is collected and
@@ -42,6 +44,7 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as _toml
 
 __all__ = [
+    "JOB_TABLES",
     "TABLES",
     "ConfigFileModel",
     "json_schema",
@@ -56,15 +59,25 @@ TABLES: Tuple[str, ...] = (
     "stale_file_actions",
     "file_event_actions",
     "event_actions",  # what the Haskell program's code reads; same schema as file_event_actions
+    "probe_actions",
+    "job_end_actions",
+    "time_limit_actions",
+    "memory_actions",
 )
+#: tables whose watchers watch the job itself, no file
+JOB_TABLES: Tuple[str, ...] = ("job_end_actions", "time_limit_actions", "memory_actions")
+_FILE_KEYS = ("directory", "filepath_regex", "recursive", "start_at")
 
 #: the file name used in problems that come from ``overrides`` (the command line)
 OVERRIDES_FILE = "<command line>"
 
 _DEFAULTS = m.Settings()
 _DURATION_KEYS = frozenset(
-    {"timeout", "action_timeout", "poll_interval", "drain_grace", "timer_interval", "per"}
+    {"timeout", "action_timeout", "poll_interval", "drain_grace", "timer_interval", "per",
+     "grace", "suppress", "interval", "probe_timeout", "before"}
 )
+#: the smallest memory limit taken as meant (SLURM's --mem=4096 means megabytes)
+MIN_MEMORY_LIMIT = 1 << 20
 
 
 class _Invalid(ValueError):
@@ -85,6 +98,16 @@ def _ctx(info: ValidationInfo) -> Mapping[str, Any]:
 # ----------------------------------------------------------------------------------------
 
 
+def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """``re.compile`` without its FutureWarnings ("Possible nested set"): library code never
+    prints, and the pattern means today what it says."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.compile(pattern, flags)
+
+
 def _check_regex(key: str, pattern: str) -> None:
     """A regex must compile (Python ``re``; re2 compatibility is the matcher's business) and
     must not hold the control characters TOML makes of ``"\\b"`` and ``"\\f"``."""
@@ -96,7 +119,7 @@ def _check_regex(key: str, pattern: str) -> None:
                 hint=f"write regexes as single-quoted TOML strings, e.g. {key} = '\\bERROR\\b'",
             )
     try:
-        re.compile(pattern)
+        _compile(pattern)
     except re.error as exc:
         pos = exc.pos if exc.pos is not None else len(pattern)
         after = f" (after {pattern[:pos]!r})" if pos else ""
@@ -125,47 +148,49 @@ _RATE_HINT = (
     'write rate_limit = "10/60s" for at most 10 firings per 60 seconds (units s, m, h, d: '
     '"5/min", "100/1h" ...), or rate_limit = {count = 10, per = 60}'
 )
+_THRESHOLD_HINT = (
+    'write threshold = "5/60s" to fire only when 5 matches come within 60 seconds (units s, '
+    'm, h, d: "3/min", "10/1h" ...), or threshold = {count = 5, per = 60}'
+)
 
 
-def parse_rate_limit(value: Any) -> m.RateLimit:
+def parse_rate_limit(value: Any, key: str = "rate_limit") -> m.RateLimit:
     """``"10/60s"``, ``"5/min"``, ``"10/60"`` (seconds) or ``{count = 10, per = 60}``
-    -> RateLimit. Raises ValueError with the reason."""
+    -> RateLimit. Raises ValueError with the reason. ``key`` names the value in messages
+    (``threshold`` has the same forms)."""
+    hint = _THRESHOLD_HINT if key == "threshold" else _RATE_HINT
     if isinstance(value, str):
         mo = _RATE_RE.match(value)
         if not mo or (mo.group(2) is None and mo.group(3) is None):
-            raise _Invalid(f"rate_limit {value!r} is not of the form COUNT/PERIOD", _RATE_HINT)
+            raise _Invalid(f"{key} {value!r} is not of the form COUNT/PERIOD", hint)
+        if len(mo.group(1)) > 15:
+            raise _Invalid(f"{key}: the count {mo.group(1)[:20]}... is too large", hint)
         count = int(mo.group(1))
         num = float(mo.group(2)) if mo.group(2) is not None else 1.0
         unit = (mo.group(3) or "s").lower()
         if unit not in _UNITS:
-            raise _Invalid(f"rate_limit {value!r}: unknown time unit {mo.group(3)!r}", _RATE_HINT)
+            raise _Invalid(f"{key} {value!r}: unknown time unit {mo.group(3)!r}", hint)
         per = num * _UNITS[unit]
     elif isinstance(value, dict):
         unknown = sorted(set(value) - {"count", "per"})
         if unknown:
-            raise _Invalid(
-                f"rate_limit: unknown key {unknown[0]!r} (only count and per)", _RATE_HINT
-            )
+            raise _Invalid(f"{key}: unknown key {unknown[0]!r} (only count and per)", hint)
         if "count" not in value or "per" not in value:
-            raise _Invalid("rate_limit needs both count and per", _RATE_HINT)
+            raise _Invalid(f"{key} needs both count and per", hint)
         count, per = value["count"], value["per"]
         if isinstance(count, bool) or not isinstance(count, int):
-            raise _Invalid(
-                f"rate_limit count must be a whole number, got {_show(count)}", _RATE_HINT
-            )
+            raise _Invalid(f"{key} count must be a whole number, got {_show(count)}", hint)
         if isinstance(per, bool) or not isinstance(per, (int, float)):
-            raise _Invalid(
-                f"rate_limit per must be a number of seconds, got {_show(per)}", _RATE_HINT
-            )
+            raise _Invalid(f"{key} per must be a number of seconds, got {_show(per)}", hint)
         per = float(per)
     else:
         raise _Invalid(
-            f"rate_limit must be a string or a table, got {_kind(value)} {_show(value)}", _RATE_HINT
+            f"{key} must be a string or a table, got {_kind(value)} {_show(value)}", hint
         )
     if count < 1:
-        raise _Invalid(f"rate_limit count must be at least 1, got {count}", _RATE_HINT)
+        raise _Invalid(f"{key} count must be at least 1, got {count}", hint)
     if not (per > 0 and per != float("inf")):
-        raise _Invalid(f"rate_limit period must be > 0 seconds, got {per:g}", _RATE_HINT)
+        raise _Invalid(f"{key} period must be > 0 seconds, got {per:g}", hint)
     return m.RateLimit(count=count, per_s=per)
 
 
@@ -248,8 +273,172 @@ class ActionModel(BaseModel):
         return self
 
 
-class _WatcherModel(BaseModel):
-    """Keys every watcher table has."""
+class _TableModel(BaseModel):
+    """The model of one watcher table (each table has its own keys)."""
+
+    model_config = _STRICT
+
+
+# defaults of the internal model, for the tables' defaults
+_SOURCE_DEFAULTS = m.Source()
+_MULTILINE_DEFAULTS = m.MultiLine(end="")
+_MEMORY_DEFAULTS = m.MemoryTrigger(fraction=1.0)
+_TIME_LIMIT_DEFAULTS = m.TimeLimitTrigger(before=1.0)
+MAX_RECORD_LINES = 100_000  # the most lines a multi-line record may be given
+
+
+def _v_rate(v: Any, key: str) -> Any:
+    if v is None:
+        return None
+    rl = parse_rate_limit(v, key)
+    return RateLimitModel(count=rl.count, per=rl.per_s)
+
+
+def _v_captures(v: List[str]) -> List[str]:
+    for j, c in enumerate(v):
+        if not c.isidentifier() or keyword.iskeyword(c):
+            raise _Invalid(
+                f"capture name {c!r} is not a valid name",
+                "use letters, digits and _ (not starting with a digit), e.g. captures = "
+                '["epoch", "loss"]',
+            )
+        if c in v[:j]:
+            raise _Invalid(f"capture name {c!r} is given twice", "name each group once")
+    return v
+
+
+def _v_condition(
+    v: Optional[str], names: Optional[Tuple[str, ...]] = None, example: str = ""
+) -> Optional[str]:
+    """A condition must compile (when sidecar.conditions is there); with ``names``, it may
+    only use those variables."""
+    if v is None:
+        return v
+    try:
+        from sidecar.conditions import compile_condition
+    except ImportError:  # not installed with this build: the engine checks it again
+        return v
+    example = example or 'condition = "float(loss) > 5 and int(epoch) > 10"'
+    try:
+        cond = compile_condition(v)
+    except (ValueError, SyntaxError) as exc:
+        raise _Invalid(
+            f"condition {v!r} is not valid: {exc}",
+            f"a condition is an expression over the captures, e.g. {example}",
+        ) from None
+    except Exception as exc:  # a bug there must not become a traceback here
+        raise _Invalid(f"condition {v!r} could not be checked: {exc!r}") from None
+    used = getattr(cond, "names", None)
+    if names is not None and isinstance(used, (set, frozenset)):
+        unknown = sorted(str(n) for n in used if n not in names)
+        if unknown:
+            raise _Invalid(
+                f"condition {v!r} uses {', '.join(repr(n) for n in unknown)}: this watcher's "
+                f"condition can only use {', '.join(names)}",
+                f"e.g. {example}",
+            )
+    return v
+
+
+def _check_preset(v: str, key: str) -> None:
+    if v in m.MULTILINE_PRESETS:
+        return
+    close = difflib.get_close_matches(v, list(m.MULTILINE_PRESETS), n=1, cutoff=0.5)
+    presets = ", ".join(repr(p) for p in m.MULTILINE_PRESETS)
+    raise _Invalid(
+        f"{key}: unknown preset {v!r}",
+        (f"did you mean {close[0]!r}? " if close else "")
+        + f"presets: {presets}; for other records write multiline = {{end = 'REGEX'}} (the "
+        "regex of a record's last line; line_regex is its first)",
+    )
+
+
+class MultiLineModel(BaseModel):
+    """``multiline = {...}``: a record from a line ``line_regex`` matches to a line ``end``
+    matches (both included), at most ``max_lines`` lines; handed over as it is after
+    ``timeout`` seconds without a new line."""
+
+    model_config = _STRICT
+    preset: Optional[str] = Field(
+        None,
+        description="a known kind of record: " + ", ".join(m.MULTILINE_PRESETS)
+        + " (its start and end regexes; line_regex and end override them)",
+    )
+    end: Optional[str] = Field(
+        None, description="regex of a record's last line (searched); required without preset"
+    )
+    max_lines: int = Field(
+        _MULTILINE_DEFAULTS.max_lines, ge=1, le=MAX_RECORD_LINES,
+        description="a record is handed over when it has this many lines",
+    )
+    timeout: float = Field(
+        _MULTILINE_DEFAULTS.timeout, gt=0, allow_inf_nan=False,
+        description="seconds without a new line before the record is handed over as it is",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            _check_preset(v, "preset")
+        return v
+
+    @field_validator("end")
+    @classmethod
+    def _end(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            if not v:
+                raise _Invalid("end must not be empty", "end = 'REGEX' of a record's last line")
+            _check_regex("end", v)
+        return v
+
+    @model_validator(mode="after")
+    def _end_or_preset(self) -> MultiLineModel:
+        if self.end is None and self.preset is None:
+            raise _Invalid(
+                "a multiline table needs end (the regex of a record's last line) or preset",
+                "e.g. multiline = {end = '^END'} or multiline = \"python_traceback\"",
+            )
+        return self
+
+
+def _v_multiline(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        _check_preset(v, "multiline")
+        return v
+    if isinstance(v, dict):
+        try:
+            return MultiLineModel.model_validate(v)
+        except ValidationError as exc:
+            described = [
+                _describe(err, tuple(MultiLineModel.model_fields), "multiline")
+                for err in exc.errors()
+            ]
+            msg = "; ".join(d[0] for d in described)
+            raise _Invalid(f"multiline: {msg}", described[0][1]) from None
+    raise _Invalid(
+        f"multiline must be a preset name or a table, got {_kind(v)} {_show(v)}",
+        'write multiline = "python_traceback", or multiline = {end = \'REGEX\', max_lines = '
+        "100, timeout = 5}",
+    )
+
+
+def _v_probe(v: str) -> str:
+    if not v.strip():
+        raise _Invalid(
+            "probe is empty",
+            'probe is a /bin/sh command, e.g. probe = "nvidia-smi '
+            '--query-gpu=utilization.gpu --format=csv,noheader,nounits"',
+        )
+    if "\x00" in v:
+        raise _Invalid("probe contains a NUL character", "remove it")
+    return v
+
+
+class _WatcherModel(_TableModel):
+    """Keys every table of file watchers has."""
 
     model_config = _STRICT
     name: Optional[str] = Field(
@@ -324,7 +513,11 @@ class _WatcherModel(BaseModel):
 class RegexActionModel(_WatcherModel):
     """``[[regex_actions]]``: run actions for each line that matches ``line_regex``."""
 
-    line_regex: str = Field(description="searched in each new line")
+    line_regex: Optional[str] = Field(
+        None,
+        description="searched in each new line; required unless multiline names a preset "
+        "(whose start regex it then defaults to)",
+    )
     timeout: Optional[float] = Field(
         None, gt=0, allow_inf_nan=False, description="action timeout (same as action_timeout)"
     )
@@ -339,47 +532,51 @@ class RegexActionModel(_WatcherModel):
         None, gt=0, allow_inf_nan=False,
         description="after the first firing, repeat the actions every N seconds",
     )
+    multiline: Optional[Union[str, MultiLineModel]] = Field(
+        None,
+        description='a record over several lines: a preset ("python_traceback") or '
+        "{end = 'REGEX', preset = ..., max_lines = 100, timeout = 5}",
+    )
+    threshold: Optional[Union[str, RateLimitModel]] = Field(
+        None, description='fire only when COUNT matches come within PERIOD: "5/60s" or '
+        "{count = 5, per = 60}",
+    )
+    track_by: Optional[str] = Field(
+        None, min_length=1,
+        description="keep threshold counts and suppression per value of this template "
+        '("$1", "${host}")',
+    )
+    suppress: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="after a firing, hold back firings of the same key for N seconds",
+    )
 
     @field_validator("line_regex")
     @classmethod
-    def _line_regex(cls, v: str) -> str:
-        _check_regex("line_regex", v)
+    def _line_regex(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            _check_regex("line_regex", v)
         return v
 
     @field_validator("captures")
     @classmethod
     def _captures(cls, v: List[str]) -> List[str]:
-        for j, c in enumerate(v):
-            if not c.isidentifier() or keyword.iskeyword(c):
-                raise _Invalid(
-                    f"capture name {c!r} is not a valid name",
-                    "use letters, digits and _ (not starting with a digit), e.g. captures = "
-                    '["epoch", "loss"]',
-                )
-            if c in v[:j]:
-                raise _Invalid(f"capture name {c!r} is given twice", "name each group once")
-        return v
+        return _v_captures(v)
 
     @field_validator("condition")
     @classmethod
     def _condition(cls, v: Optional[str]) -> Optional[str]:
-        if v is None:
-            return v
-        try:
-            from sidecar.conditions import compile_condition
-        except ImportError:  # not installed with this build: the engine checks it again
-            return v
-        try:
-            compile_condition(v)
-        except (ValueError, SyntaxError) as exc:
-            raise _Invalid(
-                f"condition {v!r} is not valid: {exc}",
-                "a condition is an expression over the captures, e.g. "
-                'condition = "float(loss) > 5 and int(epoch) > 10"',
-            ) from None
-        except Exception as exc:  # a bug there must not become a traceback here
-            raise _Invalid(f"condition {v!r} could not be checked: {exc!r}") from None
-        return v
+        return _v_condition(v)
+
+    @field_validator("multiline", mode="before")
+    @classmethod
+    def _multiline(cls, v: Any) -> Any:
+        return _v_multiline(v)
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any) -> Any:
+        return _v_rate(v, "threshold")
 
 
 class StaleFileActionModel(_WatcherModel):
@@ -390,6 +587,21 @@ class StaleFileActionModel(_WatcherModel):
         gt=0, allow_inf_nan=False,
         description="seconds without a write before the file is stale (NOT the action timeout: "
         "that is action_timeout here)",
+    )
+    require_alive: Optional[bool] = Field(
+        None,
+        description="stale only while the job's processes are alive (default false; true when "
+        "max_cpu is given)",
+    )
+    max_cpu: Optional[float] = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="... and only while they used at most this much CPU over the quiet time, "
+        "in percent of one core",
+    )
+    grace: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="seconds after start: a matching file that has not appeared by then is "
+        "stale",
     )
 
 
@@ -402,11 +614,234 @@ class FileEventActionModel(_WatcherModel):
     )
 
 
-_TABLE_MODELS: Mapping[str, Type[_WatcherModel]] = {
+class ProbeActionModel(_TableModel):
+    """``[[probe_actions]]``: run ``probe`` (a /bin/sh command) every ``interval`` seconds and
+    treat each line of its output as a new line of a file: ``line_regex``, captures,
+    conditions and actions as in ``[[regex_actions]]``."""
+
+    name: Optional[str] = Field(
+        None, min_length=1, description="unique; default probe_actions[<n>]"
+    )
+    probe: str = Field(description="the command (run by /bin/sh) whose output is matched")
+    interval: float = Field(
+        _SOURCE_DEFAULTS.probe_interval, gt=0, allow_inf_nan=False,
+        description="seconds between runs of the probe",
+    )
+    probe_timeout: float = Field(
+        _SOURCE_DEFAULTS.probe_timeout, gt=0, allow_inf_nan=False,
+        description="seconds a probe may run before it is killed",
+    )
+    line_regex: str = Field(description="searched in each line of the probe's output")
+    captures: List[str] = Field(
+        default_factory=list, description="names for the regex's groups, in order"
+    )
+    condition: Optional[str] = Field(
+        None, min_length=1, description="act only when this is true, e.g. float(util) < 5"
+    )
+    ignore_case: bool = False
+    threshold: Optional[Union[str, RateLimitModel]] = Field(
+        None, description='fire only when COUNT matches come within PERIOD: "5/60s" or '
+        "{count = 5, per = 60}",
+    )
+    track_by: Optional[str] = Field(
+        None, min_length=1, description="keep counts and suppression per value of this template"
+    )
+    suppress: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="after a firing, hold back firings of the same key for N seconds",
+    )
+    cmd: Optional[str] = Field(None, min_length=1, description="shell command (or: command)")
+    command: Optional[str] = Field(None, min_length=1, description="shell command (or: cmd)")
+    actions: List[ActionModel] = Field(
+        default_factory=list, description="actions run after cmd, in order"
+    )
+    max_triggers: Optional[int] = Field(None, ge=1, description="stop firing after N firings")
+    rate_limit: Optional[Union[str, RateLimitModel]] = Field(
+        None, description='"10/60s" or {count = 10, per = 60}; default: no limit'
+    )
+    max_failures: int = Field(
+        5, ge=0, description="consecutive failed actions before the watcher is disabled; 0=never"
+    )
+    action_timeout: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False, description="seconds per action of this watcher"
+    )
+    timer_interval: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="after the first firing, repeat the actions every N seconds",
+    )
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, v: str) -> str:
+        return _v_probe(v)
+
+    @field_validator("line_regex")
+    @classmethod
+    def _line_regex(cls, v: str) -> str:
+        _check_regex("line_regex", v)
+        return v
+
+    @field_validator("captures")
+    @classmethod
+    def _captures(cls, v: List[str]) -> List[str]:
+        return _v_captures(v)
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, v: Optional[str]) -> Optional[str]:
+        return _v_condition(v, example='condition = "float(util) < 5"')
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any) -> Any:
+        return _v_rate(v, "threshold")
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate_limit(cls, v: Any) -> Any:
+        return _v_rate(v, "rate_limit")
+
+
+class _JobModel(_TableModel):
+    """Keys every table of job watchers has (they watch the job itself, no file)."""
+
+    name: Optional[str] = Field(
+        None, min_length=1, description="unique; default <table>[<n>], e.g. memory_actions[1]"
+    )
+    cmd: Optional[str] = Field(None, min_length=1, description="shell command (or: command)")
+    command: Optional[str] = Field(None, min_length=1, description="shell command (or: cmd)")
+    actions: List[ActionModel] = Field(
+        default_factory=list, description="actions run after cmd, in order"
+    )
+    action_timeout: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False, description="seconds per action of this watcher"
+    )
+    max_failures: int = Field(
+        5, ge=0, description="consecutive failed actions before the watcher is disabled; 0=never"
+    )
+
+
+class JobEndActionModel(_JobModel):
+    """``[[job_end_actions]]``: act when the job's main process exits (once)."""
+
+    condition: Optional[str] = Field(
+        None, min_length=1,
+        description='act only when this is true of exit_code, e.g. "int(exit_code) != 0"',
+    )
+
+    @field_validator("condition")
+    @classmethod
+    def _condition(cls, v: Optional[str]) -> Optional[str]:
+        return _v_condition(
+            v, names=("exit_code",), example='condition = "int(exit_code) != 0"'
+        )
+
+
+class TimeLimitActionModel(_JobModel):
+    """``[[time_limit_actions]]``: act ``before`` seconds before the job's time limit, or
+    when ``signal`` arrives (``#SBATCH --signal=B:USR1@600``), whichever comes first (once)."""
+
+    before: float = Field(
+        gt=0, allow_inf_nan=False, description="seconds before the job's end time"
+    )
+    signal: Union[str, bool] = Field(
+        "USR1" if _TIME_LIMIT_DEFAULTS.signal is None else _TIME_LIMIT_DEFAULTS.signal,
+        description='also fire when this signal arrives ("USR1", "SIGUSR2" ...); false: no '
+        "signal",
+    )
+
+    @field_validator("signal", mode="before")
+    @classmethod
+    def _signal(cls, v: Any) -> Any:
+        if v is False:
+            return False
+        if v is True:
+            raise _Invalid(
+                "signal = true: name the signal",
+                'e.g. signal = "USR1" (what #SBATCH --signal=B:USR1@600 sends), or '
+                "signal = false for none",
+            )
+        if not isinstance(v, str):
+            raise _Invalid(
+                f"signal must be a signal name or false, got {_kind(v)} {_show(v)}",
+                'e.g. signal = "USR1"',
+            )
+        from sidecar.units import parse_signal
+
+        try:
+            return parse_signal(v)
+        except ValueError as exc:
+            msg = str(exc)
+            raise _Invalid(
+                msg if msg.startswith("signal") else f"signal: {msg}",
+                "or signal = false for no signal",
+            ) from None
+
+
+class MemoryActionModel(_JobModel):
+    """``[[memory_actions]]``: act when the job's resident memory passes ``fraction`` of its
+    limit; sampled every ``interval`` seconds, fires once per crossing."""
+
+    fraction: float = Field(
+        gt=0, le=1, allow_inf_nan=False, description="share of the limit, e.g. 0.9 for 90%"
+    )
+    limit: Optional[Union[int, str]] = Field(
+        None,
+        description='bytes, or a size "8G", "512M" (1024-based); default: the job\'s limit '
+        "(SLURM_MEM_PER_NODE / SLURM_MEM_PER_CPU, else the cgroup's memory.max)",
+    )
+    interval: float = Field(
+        _MEMORY_DEFAULTS.interval, gt=0, allow_inf_nan=False,
+        description="seconds between samples",
+    )
+    max_triggers: Optional[int] = Field(None, ge=1, description="stop firing after N firings")
+    rate_limit: Optional[Union[str, RateLimitModel]] = Field(
+        None, description='"10/60s" or {count = 10, per = 60}; default: no limit'
+    )
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        from sidecar.units import format_size, parse_size
+
+        hint = (
+            'write limit = "8G" (K, M, G, T are 1024-based, as in #SBATCH --mem) or a number '
+            "of bytes; leave it out to use the job's own limit"
+        )
+        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
+            raise _Invalid(f"limit must be a size, got {_kind(v)} {_show(v)}", hint)
+        try:
+            n = parse_size(v)
+        except ValueError as exc:
+            raise _Invalid(
+                f"limit: {exc}", "or leave limit out to use the job's own limit"
+            ) from None
+        if n < MIN_MEMORY_LIMIT:
+            shown = v if not isinstance(v, str) else v.strip()
+            raise _Invalid(
+                f"limit {_show(v)} is {format_size(n)}: below 1 MiB, surely not meant",
+                f'did you mean limit = "{shown}M"? (in #SBATCH --mem={shown} a bare number '
+                "is megabytes; here it is bytes)",
+            )
+        return n
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate_limit(cls, v: Any) -> Any:
+        return _v_rate(v, "rate_limit")
+
+
+_TABLE_MODELS: Mapping[str, Type[_TableModel]] = {
     "regex_actions": RegexActionModel,
     "stale_file_actions": StaleFileActionModel,
     "file_event_actions": FileEventActionModel,
     "event_actions": FileEventActionModel,
+    "probe_actions": ProbeActionModel,
+    "job_end_actions": JobEndActionModel,
+    "time_limit_actions": TimeLimitActionModel,
+    "memory_actions": MemoryActionModel,
 }
 
 
@@ -460,11 +895,31 @@ class ConfigFileModel(SettingsModel):
     stale_file_actions: List[StaleFileActionModel] = Field(default_factory=list)
     file_event_actions: List[FileEventActionModel] = Field(default_factory=list)
     event_actions: List[FileEventActionModel] = Field(default_factory=list)
+    probe_actions: List[ProbeActionModel] = Field(default_factory=list)
+    job_end_actions: List[JobEndActionModel] = Field(default_factory=list)
+    time_limit_actions: List[TimeLimitActionModel] = Field(default_factory=list)
+    memory_actions: List[MemoryActionModel] = Field(default_factory=list)
 
 
 def json_schema() -> Dict[str, Any]:
     """The JSON schema of a config file (for ``sidecar schema``)."""
-    return ConfigFileModel.model_json_schema()
+    schema = ConfigFileModel.model_json_schema()
+    regex = schema.get("$defs", {}).get("RegexActionModel")
+    if isinstance(regex, dict):  # line_regex is required unless multiline names a preset
+        preset = {"anyOf": [{"type": "string"}, {"type": "object", "required": ["preset"]}]}
+        regex["anyOf"] = [
+            {"required": ["line_regex"]},
+            {"required": ["multiline"], "properties": {"multiline": preset}},
+        ]
+    for name in ("RegexActionModel", "MultiLineModel"):  # the preset names
+        d = schema.get("$defs", {}).get(name, {})
+        key = "multiline" if name == "RegexActionModel" else "preset"
+        prop = d.get("properties", {}).get(key)
+        if isinstance(prop, dict):
+            for alt in prop.get("anyOf", []):
+                if alt.get("type") == "string":
+                    alt["enum"] = list(m.MULTILINE_PRESETS)
+    return schema
 
 
 # ----------------------------------------------------------------------------------------
@@ -609,6 +1064,9 @@ def _path(loc: Sequence[Union[str, int]]) -> str:
 
 _MISSING_EXAMPLES: Mapping[str, str] = {
     "line_regex": "line_regex = 'ERROR.*'",
+    "probe": 'probe = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits"',
+    "before": "before = 600 (seconds before the job's time limit)",
+    "fraction": "fraction = 0.9 (of the job's memory limit)",
     "filepath_regex": r"filepath_regex = '.*\.log$'",
     "timeout": "timeout = 3600.0",
     "event_types": 'event_types = ["create", "modify"]',
@@ -627,15 +1085,42 @@ _EVENT_HINTS: Mapping[str, str] = {
 _ALL_WATCHER_KEYS: Mapping[str, Tuple[str, ...]] = {
     t: tuple(_TABLE_MODELS[t].model_fields) for t in TABLES
 }
+#: the tables, without the second name of file_event_actions
+_CANONICAL_TABLES: Tuple[str, ...] = tuple(t for t in TABLES if t != "event_actions")
+#: hints for values out of range, by key
+_RANGE_HINTS: Mapping[str, str] = {
+    "fraction": "fraction is a share of the memory limit: 0.9 means 90%",
+    "max_cpu": "max_cpu is in percent of one core: 5 means 5% of one core",
+}
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 _SETTINGS_KEYS: Tuple[str, ...] = tuple(SettingsModel.model_fields)
 _TOP_KEYS: Tuple[str, ...] = _SETTINGS_KEYS + TABLES
 
 
 def _unknown_key_hint(key: str, allowed: Sequence[str], section: Optional[str]) -> str:
     """Exact knowledge first (the key is valid elsewhere), then a fuzzy "did you mean"."""
-    owners = [t for t in TABLES[:3] if key in _ALL_WATCHER_KEYS[t]]
+    if section in JOB_TABLES and key in _FILE_KEYS:
+        return (
+            f"[[{section}]] watchers watch the job itself, not files: remove {key}"
+        )
+    if section == "probe_actions" and key in _FILE_KEYS:
+        return (
+            f"a probe reads a command's output, not files: remove {key} (the command is "
+            'probe = "...")'
+        )
+    if section in JOB_TABLES + ("probe_actions",) and key == "timeout":
+        probe = ", probe_timeout the probe's" if section == "probe_actions" else ""
+        return f"action_timeout is the actions' time limit{probe}"
+    if section in ("job_end_actions", "time_limit_actions") and key in (
+        "max_triggers", "rate_limit"
+    ):
+        return f"a [[{section}]] watcher fires at most once: remove {key}"
+    owners = [t for t in _CANONICAL_TABLES if key in _ALL_WATCHER_KEYS[t]]
     if section in TABLES and owners:
-        return f"{key!r} is only valid in " + " and ".join(f"[[{t}]]" for t in owners)
+        return f"{key!r} is only valid in " + _and([f"[[{t}]]" for t in owners])
     if section is not None and key in _SETTINGS_KEYS:
         return (
             f"{key!r} is a top-level setting: move it above the first [table] or [[table]] "
@@ -728,7 +1213,7 @@ def _describe(
         what = f"{path} must be {op} {bound}"
         if "gt" in ctx and "le" not in ctx and dur:
             what = f"{path} must be more than {bound} seconds"
-        return f"{what}, got {_show(v)}", None
+        return f"{what}, got {_show(v)}", _RANGE_HINTS.get(key)
     if t in ("too_short", "string_too_short"):
         if key == "event_types":
             return "event_types must name at least one event type", (
@@ -933,7 +1418,7 @@ def load_config_text(
         col.pydantic(exc, _TOP_KEYS, overridden=overridden)
 
     # -- watcher tables -------------------------------------------------------------------
-    entries: List[Tuple[str, int, str, bool, _WatcherModel]] = []  # table, i, name, named, model
+    entries: List[Tuple[str, int, str, bool, _TableModel]] = []  # table, i, name, named, model
     seen: Dict[str, Tuple[str, int]] = {}
     n_entries = 0
     for table in TABLES:
@@ -984,8 +1469,9 @@ def load_config_text(
 
     if require_watchers and n_entries == 0 and not col.problems:
         col.add(
-            "no watchers: the config has no [[regex_actions]], [[stale_file_actions]] or "
-            "[[file_event_actions]] table",
+            "no watchers: the config has no watcher table ("
+            + ", ".join(f"[[{t}]]" for t in _CANONICAL_TABLES)
+            + ")",
             "add at least one, see docs/config.md",
         )
     if col.problems:
@@ -1022,23 +1508,85 @@ def _pre_check(
             '[{type = "...", ...}]',
             table=table, index=i, keys=["actions"] if acts is not None else [], watcher=name,
         )
-    if table != "stale_file_actions" and "timeout" in item and "action_timeout" in item:
+    if (
+        table in ("regex_actions", "file_event_actions", "event_actions")
+        and "timeout" in item
+        and "action_timeout" in item
+    ):
         col.add(
             f"{where}: has both timeout and action_timeout",
             f"in [[{table}]] they mean the same thing (the action timeout): keep one",
             table=table, index=i, keys=["action_timeout"], watcher=name,
         )
+    if table == "regex_actions" and "line_regex" not in item and not _names_preset(
+        item.get("multiline")
+    ):
+        hint = "add line_regex = 'ERROR.*'"
+        if "multiline" in item:
+            hint = "add line_regex = 'REGEX': the regex of a record's first line"
+        col.add(
+            f"{where}: missing required key 'line_regex'", hint,
+            table=table, index=i, watcher=name,
+        )
+
+
+def _names_preset(v: Any) -> bool:
+    """``multiline`` as written gives a start regex (a preset)."""
+    if isinstance(v, str):
+        return True
+    return isinstance(v, dict) and isinstance(v.get("preset"), str)
+
+
+def _effective_pattern(mdl: Union[RegexActionModel, ProbeActionModel]) -> Optional[str]:
+    """line_regex, else the start regex of the multiline preset."""
+    if mdl.line_regex is not None:
+        return mdl.line_regex
+    ml = getattr(mdl, "multiline", None)
+    preset = ml if isinstance(ml, str) else getattr(ml, "preset", None)
+    if isinstance(preset, str) and preset in m.MULTILINE_PRESETS:
+        return m.MULTILINE_PRESETS[preset][0]
+    return None
+
+
+def _track_by(mdl: Union[RegexActionModel, ProbeActionModel], groups: int) -> Optional[str]:
+    """The track_by template (a bare capture name or group number made a reference);
+    raises ``_Invalid``."""
+    if mdl.track_by is None:
+        return None
+    from sidecar.script import TrackByError, track_by_template
+
+    try:
+        rx = _compile(_effective_pattern(mdl) or "")
+        named: Tuple[str, ...] = tuple(rx.groupindex)
+    except re.error:
+        named = ()
+    try:
+        return track_by_template(mdl.track_by, mdl.captures, named, groups)
+    except TrackByError as exc:
+        raise _Invalid(str(exc), exc.hint) from None
 
 
 def _post_check(
-    col: _Collector, table: str, i: int, mdl: _WatcherModel, where: str, name: str
+    col: _Collector, table: str, i: int, mdl: _TableModel, where: str, name: str
 ) -> None:
     """Checks that need several valid fields."""
-    if not isinstance(mdl, RegexActionModel):
+    if isinstance(mdl, StaleFileActionModel):
+        if mdl.max_cpu is not None and mdl.require_alive is False:
+            col.add(
+                f"{where}: max_cpu is given but require_alive = false",
+                "max_cpu only counts while the job's processes are alive (it implies "
+                "require_alive = true): remove require_alive = false, or remove max_cpu",
+                table=table, index=i, keys=["require_alive"], watcher=name,
+            )
+        return
+    if not isinstance(mdl, (RegexActionModel, ProbeActionModel)):
+        return
+    pattern = _effective_pattern(mdl)
+    if pattern is None:  # missing: reported already
         return
     caps = mdl.captures
     try:
-        groups = re.compile(mdl.line_regex, re.IGNORECASE if mdl.ignore_case else 0).groups
+        groups = _compile(pattern, re.IGNORECASE if mdl.ignore_case else 0).groups
     except re.error:  # reported already
         return
     if len(caps) > groups:
@@ -1048,6 +1596,20 @@ def _post_check(
             "each name in captures is for one ( ) group of line_regex, in order: add groups "
             "or remove names",
             table=table, index=i, keys=["captures"], watcher=name,
+        )
+        return
+    try:
+        _track_by(mdl, groups)
+    except _Invalid as exc:
+        col.add(f"{where}: {exc}", exc.hint, table=table, index=i, keys=["track_by"],
+                watcher=name)
+        return
+    if mdl.track_by is not None and mdl.threshold is None and mdl.suppress is None:
+        col.add(
+            f"{where}: track_by is given without threshold or suppress",
+            "track_by keeps the counts of threshold and the holding back of suppress apart "
+            'per key: add threshold = "5/60s" or suppress = 600, or remove track_by',
+            table=table, index=i, keys=["track_by"], watcher=name,
         )
 
 
@@ -1080,23 +1642,60 @@ def _to_settings(sm: SettingsModel) -> m.Settings:
     )
 
 
+def _to_multiline(v: Union[None, str, MultiLineModel]) -> Optional[m.MultiLine]:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return m.MultiLine(end=m.MULTILINE_PRESETS[v][1], preset=v)
+    end = v.end
+    if end is None:
+        assert v.preset is not None  # the model requires one of them
+        end = m.MULTILINE_PRESETS[v.preset][1]
+    return m.MultiLine(
+        end=end, max_lines=v.max_lines, timeout=float(v.timeout), preset=v.preset
+    )
+
+
+def _to_rate(v: Any) -> Optional[m.RateLimit]:
+    return m.RateLimit(v.count, float(v.per)) if isinstance(v, RateLimitModel) else None
+
+
+def _to_throttle(
+    mdl: Union[RegexActionModel, ProbeActionModel], pattern: str
+) -> Optional[m.Throttle]:
+    if mdl.threshold is None and mdl.track_by is None and mdl.suppress is None:
+        return None
+    try:
+        groups = _compile(pattern, re.IGNORECASE if mdl.ignore_case else 0).groups
+        track_by = _track_by(mdl, groups)
+    except (re.error, _Invalid):  # pragma: no cover - _post_check refused it already
+        track_by = mdl.track_by
+    return m.Throttle(
+        threshold=_to_rate(mdl.threshold),
+        track_by=track_by,
+        suppress=float(mdl.suppress) if mdl.suppress is not None else None,
+    )
+
+
 def _to_watcher(
     table: str,
     i: int,
     name: str,
-    mdl: _WatcherModel,
+    mdl: _TableModel,
     settings: m.Settings,
     filename: str,
     line: Optional[int],
 ) -> m.Watcher:
-    atimeout = mdl.action_timeout
-    if atimeout is None and not isinstance(mdl, StaleFileActionModel):
-        atimeout = getattr(mdl, "timeout", None)
+    atimeout: Optional[float] = getattr(mdl, "action_timeout", None)
+    if atimeout is None and isinstance(mdl, (RegexActionModel, FileEventActionModel)):
+        atimeout = mdl.timeout
     actions: List[m.ActionSpec] = []
-    cmd = mdl.cmd if mdl.cmd is not None else mdl.command
+    cmd_: Optional[str] = getattr(mdl, "cmd", None)
+    cmd = cmd_ if cmd_ is not None else getattr(mdl, "command", None)
     if cmd is not None:
         actions.append(m.ActionSpec("run_command", {"command": cmd}, atimeout))
-    for a in mdl.actions:
+    action_models: List[ActionModel] = getattr(mdl, "actions", [])
+    for a in action_models:
         params = dict(a.model_extra or {})
         atype = m.ACTION_ALIASES.get(a.type, a.type)
         if atype == "run_command" and "cmd" in params:
@@ -1106,33 +1705,65 @@ def _to_watcher(
         )
     trigger: m.Trigger
     timer_interval: Optional[float] = None
-    if isinstance(mdl, RegexActionModel):
-        trigger = m.RegexTrigger(
-            pattern=mdl.line_regex,
-            captures=tuple(mdl.captures),
-            condition=mdl.condition,
-            ignore_case=mdl.ignore_case,
-        )
-        timer_interval = mdl.timer_interval
-    elif isinstance(mdl, StaleFileActionModel):
-        trigger = m.StaleTrigger(timeout=float(mdl.timeout))
-    else:
-        assert isinstance(mdl, FileEventActionModel)
-        trigger = m.FileEventTrigger(event_types=frozenset(mdl.event_types))
-    rl = mdl.rate_limit
-    return m.Watcher(
-        name=name,
-        source=m.Source(
+    throttle: Optional[m.Throttle] = None
+    source = m.Source()
+    if isinstance(mdl, _WatcherModel):
+        source = m.Source(
             directory=mdl.directory,
             filepath_regex=mdl.filepath_regex,
             recursive=mdl.recursive,
             start_at=mdl.start_at or settings.start_at,
-        ),
+        )
+    if isinstance(mdl, (RegexActionModel, ProbeActionModel)):
+        pattern = _effective_pattern(mdl)
+        assert pattern is not None  # _pre_check refused the table otherwise
+        trigger = m.RegexTrigger(
+            pattern=pattern,
+            captures=tuple(mdl.captures),
+            condition=mdl.condition,
+            ignore_case=mdl.ignore_case,
+            multiline=_to_multiline(mdl.multiline) if isinstance(mdl, RegexActionModel) else None,
+        )
+        timer_interval = mdl.timer_interval
+        throttle = _to_throttle(mdl, pattern)
+        if isinstance(mdl, ProbeActionModel):
+            source = m.Source(
+                probe=mdl.probe,
+                probe_interval=float(mdl.interval),
+                probe_timeout=float(mdl.probe_timeout),
+            )
+    elif isinstance(mdl, StaleFileActionModel):
+        trigger = m.StaleTrigger(
+            timeout=float(mdl.timeout),
+            require_alive=bool(mdl.require_alive) or mdl.max_cpu is not None,
+            max_cpu=float(mdl.max_cpu) if mdl.max_cpu is not None else None,
+            grace=float(mdl.grace) if mdl.grace is not None else None,
+        )
+    elif isinstance(mdl, FileEventActionModel):
+        trigger = m.FileEventTrigger(event_types=frozenset(mdl.event_types))
+    elif isinstance(mdl, JobEndActionModel):
+        trigger = m.JobEndTrigger(condition=mdl.condition)
+    elif isinstance(mdl, TimeLimitActionModel):
+        trigger = m.TimeLimitTrigger(
+            before=float(mdl.before), signal=mdl.signal if isinstance(mdl.signal, str) else None
+        )
+    else:
+        assert isinstance(mdl, MemoryActionModel)
+        limit = mdl.limit
+        trigger = m.MemoryTrigger(
+            fraction=float(mdl.fraction),
+            limit=limit if isinstance(limit, int) else None,
+            interval=float(mdl.interval),
+        )
+    return m.Watcher(
+        name=name,
+        source=source,
         trigger=trigger,
         actions=tuple(actions),
         origin=m.Origin(filename, line, f"[[{table}]] #{i + 1}"),
-        max_triggers=mdl.max_triggers,
-        rate_limit=m.RateLimit(rl.count, float(rl.per)) if isinstance(rl, RateLimitModel) else None,
-        max_failures=mdl.max_failures,
+        max_triggers=getattr(mdl, "max_triggers", None),
+        rate_limit=_to_rate(getattr(mdl, "rate_limit", None)),
+        max_failures=getattr(mdl, "max_failures", 5),
         timer_interval=timer_interval,
+        throttle=throttle,
     )

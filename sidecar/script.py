@@ -21,6 +21,12 @@ other backslash is kept, so ``pattern="epoch (\\d+)"`` means what it says.
 
 The watched files are the job's own output files (``slurm.output_files``) for the watcher's
 ``output_type`` (stdout, stderr or both).
+
+``trigger=`` picks what a watcher watches: ``line`` (the default: a line of the output
+matches ``pattern``), ``stale`` (the output stops growing), ``job_end``, ``time_limit``,
+``memory`` (the job itself, no file) or ``probe`` (the output of a command run every
+``interval``; ``probe=`` alone implies it). ``TRIGGER_KEYS`` lists the properties of each;
+a property of another trigger is an error that names the trigger it belongs to.
 """
 
 from __future__ import annotations
@@ -33,15 +39,24 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 from sidecar.model import (
     ACTION_ALIASES,
     ACTION_TYPES,
+    JOB_TRIGGERS,
+    MULTILINE_PRESETS,
     ActionSpec,
     Config,
     ConfigError,
+    JobEndTrigger,
+    MemoryTrigger,
+    MultiLine,
     Origin,
     Problem,
     RateLimit,
     RegexTrigger,
     Settings,
     Source,
+    StaleTrigger,
+    Throttle,
+    TimeLimitTrigger,
+    Trigger,
     Watcher,
 )
 from sidecar.slurm import JobInfo, OutputFile
@@ -63,7 +78,90 @@ WATCHER_KEYS: Tuple[str, ...] = (
     "rate_limit",
     "max_failures",
     "ignore_case",
+    # the triggers that understand the job (docs/watchers.md)
+    "trigger",
+    "threshold",
+    "track_by",
+    "suppress",
+    "multiline",
+    "end_pattern",
+    "max_lines",
+    "record_timeout",
+    "timeout",
+    "require_alive",
+    "max_cpu",
+    "grace",
+    "before",
+    "signal",
+    "fraction",
+    "limit",
+    "probe",
+    "probe_timeout",
 )
+#: what a watcher can watch (``trigger=``); ``line`` is the default, ``probe=`` implies probe
+TRIGGERS: Tuple[str, ...] = ("line", "stale", "job_end", "time_limit", "memory", "probe")
+TRIGGER_ALIASES: Mapping[str, str] = {
+    "regex": "line",
+    "jobend": "job_end",
+    "end": "job_end",
+    "timelimit": "time_limit",
+    "mem": "memory",
+}
+#: what each trigger fires on (for messages)
+TRIGGER_WHAT: Mapping[str, str] = {
+    "line": "a line of the job's output matches pattern",
+    "stale": "the job's output stops growing",
+    "job_end": "the job's main process exits",
+    "time_limit": "the job nears its time limit",
+    "memory": "the job's memory nears its limit",
+    "probe": "a line of a probe command's output matches pattern",
+}
+#: the keys every watcher may have
+COMMON_KEYS: Tuple[str, ...] = ("name", "trigger", "action", "actions", "max_failures")
+_MATCH_KEYS: Tuple[str, ...] = (
+    "pattern",
+    "captures",
+    "condition",
+    "ignore_case",
+    "max_triggers",
+    "rate_limit",
+    "timer_mode_enabled",
+    "timer_interval_seconds",
+    "threshold",
+    "track_by",
+    "suppress",
+)
+#: the keys of each trigger (besides COMMON_KEYS)
+TRIGGER_KEYS: Mapping[str, Tuple[str, ...]] = {
+    "line": _MATCH_KEYS[:1] + ("interval",) + _MATCH_KEYS[1:] + (
+        "output_type", "multiline", "end_pattern", "max_lines", "record_timeout"
+    ),
+    "stale": (
+        "timeout", "require_alive", "max_cpu", "grace", "output_type", "interval",
+        "max_triggers", "rate_limit",
+    ),
+    "job_end": ("condition",),
+    "time_limit": ("before", "signal"),
+    "memory": ("fraction", "limit", "interval", "max_triggers", "rate_limit"),
+    "probe": ("probe", "interval", "probe_timeout") + _MATCH_KEYS,
+}
+#: variables a firing has besides the built-in ones, by trigger (as the engine sets them)
+TRIGGER_VARIABLES: Mapping[str, Tuple[str, ...]] = {
+    "stale": ("CPU_PERCENT",),
+    "job_end": ("EXIT_CODE", "exit_code"),
+    "time_limit": ("TIME_LEFT", "END_TIME", "SIGNAL", "time_left", "end_time", "signal"),
+    "memory": ("RSS_BYTES", "LIMIT_BYTES", "FRACTION", "rss_bytes", "limit_bytes", "fraction"),
+    "probe": ("PROBE",),
+}
+#: ... of multi-line records, and of thresholds
+RECORD_VARIABLES: Tuple[str, ...] = ("RECORD", "RECORD_LINES")
+THROTTLE_VARIABLES: Tuple[str, ...] = ("COUNT", "SUPPRESSED", "KEY")
+TIME_LIMIT_SIGNAL = TimeLimitTrigger(before=1.0).signal  # the default signal
+MAX_RECORD_LINES = 100_000  # the most lines a multi-line record may be given
+_ML_DEFAULTS = MultiLine(end="")
+_SOURCE_DEFAULTS = Source()
+_MEMORY_DEFAULTS = MemoryTrigger(fraction=1.0)
+MIN_MEMORY_LIMIT = 1 << 20  # a smaller limit is a mistake (SLURM's --mem=4096 is megabytes)
 #: other spellings accepted for the same keys (ssync's API names)
 KEY_ALIASES: Mapping[str, str] = {
     "interval_seconds": "interval",
@@ -118,6 +216,70 @@ class _Bad(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+class TrackByError(ValueError):
+    """``track_by`` refers to something a match does not have; ``hint`` says what to write."""
+
+    def __init__(self, message: str, hint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def track_by_template(
+    value: str, captures: Sequence[str], named: Sequence[str], groups: int
+) -> str:
+    """The template that keys a throttled watcher's counts: ``$1`` and ``${host}`` as
+    written, a bare capture name (``host``) or group number (``1``) made a reference. Every
+    name it uses must be a capture, a named group, a group number of the pattern or a
+    built-in variable (``FILE``, ``MATCH`` ...). Raises ``TrackByError``. Shared by both
+    front ends."""
+    from sidecar.substitute import references
+
+    text = value.strip()
+    no_ref = TrackByError(
+        f"track_by {value!r} refers to no variable: every match would have the same key",
+        "write a capture name or group number (track_by = host, track_by = 1) or a template "
+        "such as $1 or ${host}",
+    )
+    if not text:
+        raise no_ref
+    if "$" not in text:
+        if text.isdigit():
+            text = "$" + text
+        elif _IDENT.match(text):
+            text = "${" + text + "}"
+        else:
+            raise no_ref
+    refs = references(text)
+    if not refs:
+        raise no_ref
+    known = set(captures) | set(named) | set(BUILTIN_VARIABLES)
+    known.update(str(i) for i in range(groups + 1))
+    unknown = [r for r in refs if r not in known]
+    if unknown:
+        caps = ", ".join(list(captures) + [n for n in named if n not in captures])
+        raise TrackByError(
+            "track_by uses "
+            + ", ".join("$" + u for u in unknown)
+            + (", which is not" if len(unknown) == 1 else ", which are not")
+            + " a capture or a group of the pattern",
+            f"the pattern has {groups} group{'s' if groups != 1 else ''}"
+            + (f" (captures: {caps})" if caps else "")
+            + "; built-in variables: "
+            + ", ".join(BUILTIN_VARIABLES),
+        )
+    return text
+
+
+def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """``re.compile`` without its FutureWarnings ("Possible nested set"): library code never
+    prints, and the pattern means today what it says."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.compile(pattern, flags)
 
 
 # ------------------------------------------------------------------------- values
@@ -599,7 +761,7 @@ def _as_bool(v: _V, what: str) -> bool:
     raise _Bad(f"{what} must be true or false, not {v.text!r}")
 
 
-def _as_int(v: _V, what: str, minimum: int) -> int:
+def _as_int(v: _V, what: str, minimum: int, maximum: Optional[int] = None) -> int:
     t = _as_text(v, what).strip()
     try:
         n = int(t)
@@ -607,7 +769,134 @@ def _as_int(v: _V, what: str, minimum: int) -> int:
         raise _Bad(f"{what} must be a whole number, not {t!r}") from None
     if n < minimum:
         raise _Bad(f"{what} must be at least {minimum}, not {n}")
+    if maximum is not None and n > maximum:
+        raise _Bad(f"{what} must be at most {maximum}, not {n}")
     return n
+
+
+def _as_number(v: _V, what: str, minimum: float, example: str) -> float:
+    t = _as_text(v, what).strip()
+    if not _NUMBER.match(t):
+        raise _Bad(f"{what} must be a number, not {t[:40]!r}", f"e.g. {example}")
+    x = float(t)
+    if x == float("inf"):
+        raise _Bad(f"{what} is too large", f"e.g. {example}")
+    if x < minimum:
+        raise _Bad(f"{what} must be at least {minimum:g}, not {t}", f"e.g. {example}")
+    return x
+
+
+def _as_fraction(v: _V) -> float:
+    """``0.9`` or ``90%``: a share, more than 0 and at most 1."""
+    t = _as_text(v, "fraction").strip()
+    hint = "fraction=0.9 (or 90%) fires at 90% of the job's memory limit"
+    pct = t.endswith("%")
+    num = t[:-1].strip() if pct else t
+    if not _NUMBER.match(num):
+        raise _Bad(f"fraction must be a number such as 0.9 or 90%, not {t[:40]!r}", hint)
+    x = float(num) / (100.0 if pct else 1.0)
+    if not 0 < x <= 1:
+        raise _Bad(f"fraction must be more than 0 and at most 1 (100%), not {t[:40]}", hint)
+    return x
+
+
+def _as_limit(v: _V) -> int:
+    from sidecar.units import format_size, parse_size
+
+    t = _as_text(v, "limit").strip()
+    try:
+        n = parse_size(t)
+    except ValueError as exc:
+        raise _Bad(f"limit: {exc}", "or leave limit out to use the job's own limit") from None
+    if n < MIN_MEMORY_LIMIT:
+        raise _Bad(
+            f"limit {t!r} is {format_size(n)}: below 1 MiB, surely not meant",
+            f"did you mean limit={t}M? (in #SBATCH --mem={t} a bare number is megabytes; "
+            "here it is bytes)",
+        )
+    return n
+
+
+def _as_signal(v: _V) -> Optional[str]:
+    from sidecar.units import parse_signal
+
+    t = _as_text(v, "signal").strip()
+    if t.lower() in ("none", "off", "false", "no"):
+        return None
+    try:
+        return parse_signal(t)
+    except ValueError as exc:
+        msg = str(exc)
+        raise _Bad(
+            msg if msg.startswith("signal") else f"signal: {msg}", "or signal=none for no signal"
+        ) from None
+
+
+def _as_probe(v: _V) -> str:
+    t = _as_text(v, "probe")
+    if not t.strip():
+        raise _Bad(
+            "probe is empty",
+            'probe is a /bin/sh command, e.g. probe="nvidia-smi --query-gpu=utilization.gpu '
+            '--format=csv,noheader,nounits"',
+        )
+    if "\x00" in t:
+        raise _Bad("probe contains a NUL character")
+    return t
+
+
+def _as_preset(v: _V) -> str:
+    t = _as_text(v, "multiline").strip()
+    if t in MULTILINE_PRESETS:
+        return t
+    guess = _close(t.lower(), list(MULTILINE_PRESETS))
+    raise _Bad(
+        f"multiline: unknown preset {t[:40]!r}",
+        (f"did you mean {guess}? " if guess else "")
+        + "presets: "
+        + ", ".join(MULTILINE_PRESETS)
+        + "; for other records give end_pattern=REGEX (the record's last line)",
+    )
+
+
+def _as_regex(v: _V, what: str) -> str:
+    t = _as_text(v, what)
+    if not t:
+        raise _Bad(f"{what} is empty")
+    if len(t) > MAX_PATTERN:
+        raise _Bad(f"{what} too long ({len(t)} characters, at most {MAX_PATTERN})")
+    try:
+        _compile(t)
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise _Bad(
+            f"{what} is not a valid regex: {exc}",
+            "Python re syntax; inside \"...\" only \\\" and \\\\ are escapes",
+        ) from None
+    return t
+
+
+def _not_for_trigger(key: str, trigger: str, how: str) -> Tuple[str, str]:
+    """(message, hint) for a key that does not belong to the watcher's trigger. ``how``
+    the trigger was chosen: "default" (line), "given" (trigger=) or "probe" (probe=)."""
+    owners = [t for t in TRIGGERS if key in TRIGGER_KEYS[t]]
+    msg = f"{key} is not a property of trigger={trigger} watchers" + {
+        "default": " (trigger=line is the default)",
+        "probe": " (probe= makes a probe watcher)",
+    }.get(how, "")
+    hint = f"a trigger={trigger} watcher fires when {TRIGGER_WHAT[trigger]}: remove {key}"
+    if trigger in ("job_end", "time_limit") and key in ("max_triggers", "rate_limit"):
+        hint = f"a trigger={trigger} watcher fires at most once: remove {key}"
+    elif owners:
+        others = " or ".join(f"trigger={t}" for t in owners)
+        what = TRIGGER_WHAT[owners[0]] if len(owners) == 1 else ""
+        hint = f"{key} is for {others} watchers" + (f" (they fire when {what})" if what else "")
+        if len(owners) == 1 and how == "default":
+            hint += f": write trigger={owners[0]}, or remove {key}"
+        else:
+            hint += f": remove {key}"
+    if key == "timeout" and trigger != "stale":
+        hint += "; an action's own time limit is written action(timeout=...)"
+    return msg, hint
 
 
 def _as_seconds(v: _V, what: str) -> float:
@@ -618,22 +907,27 @@ def _as_seconds(v: _V, what: str) -> float:
     secs = float(m.group(1)) * _UNITS[m.group(2)]
     if secs <= 0:
         raise _Bad(f"{what} must be more than 0 seconds")
+    if secs == float("inf"):
+        raise _Bad(f"{what} is too large")
     return secs
 
 
-def _as_rate_limit(v: _V) -> Optional[RateLimit]:
-    t = _as_text(v, "rate_limit").strip().lower()
+def _as_rate_limit(v: _V, key: str = "rate_limit") -> Optional[RateLimit]:
+    t = _as_text(v, key).strip().lower()
     if t in ("none", "off", "0", "false", "unlimited"):
         return None
     count, slash, per = t.partition("/")
+    if count.strip().isdigit() and len(count.strip()) > 15:
+        raise _Bad(f"{key}: the count {count.strip()[:20]}... is too large")
     if not slash or not count.strip().isdigit() or int(count) < 1:
+        what = "firings" if key == "rate_limit" else "matches"
         raise _Bad(
-            f"rate_limit must look like 10/60 (10 firings per 60 s), 10/min or none, not {v.text!r}"
+            f"{key} must look like 10/60 (10 {what} per 60 s), 10/min or none, not {v.text!r}"
         )
     per = per.strip()
     if per in ("s", "sec", "m", "min", "h", "hr"):
         per = "1" + per
-    seconds = _as_seconds(_V("bare", per), "rate_limit's period")
+    seconds = _as_seconds(_V("bare", per), f"{key}'s period")
     return RateLimit(int(count), seconds)
 
 
@@ -898,6 +1192,29 @@ class _Builder:
         def bad(line: int, msg: str, hint: Optional[str] = None) -> None:
             self.problems.append(Problem(self.filename, msg, line, label, hint))
 
+        # the trigger first: it decides which keys belong
+        trigger = "line"
+        trigger_given = False
+        for e in raw.entries:
+            if e.key == "trigger" and e.value is not None and not e.items:
+                word = _as_text(e.value, "trigger").strip().lower().replace("-", "_")
+                trigger = TRIGGER_ALIASES.get(word, word)
+                trigger_given = True
+                if trigger not in TRIGGERS:
+                    guess = _close(word, list(TRIGGERS) + list(TRIGGER_ALIASES))
+                    bad(
+                        e.line,
+                        f"unknown trigger {e.value.text.strip()[:40]!r}",
+                        (f"did you mean {guess}? " if guess else "")
+                        + "triggers: "
+                        + ", ".join(TRIGGERS),
+                    )
+                    return None
+                break
+        if not trigger_given and any(KEY_ALIASES.get(e.key, e.key) == "probe" for e in raw.entries):
+            trigger = "probe"  # probe="..." makes a probe watcher
+        allowed = COMMON_KEYS + TRIGGER_KEYS[trigger]
+
         for e in raw.entries:
             key = KEY_ALIASES.get(e.key, e.key)
             if key not in WATCHER_KEYS:
@@ -906,8 +1223,8 @@ class _Builder:
                     e.line,
                     f"unknown key {e.key!r}",
                     (f"did you mean {guess}? " if guess else "")
-                    + "keys: "
-                    + ", ".join(WATCHER_KEYS),
+                    + ("keys: " if trigger == "line" else f"keys of trigger={trigger}: ")
+                    + ", ".join(allowed),
                 )
                 continue
             if key in values:
@@ -916,6 +1233,11 @@ class _Builder:
                     f"{key} is given twice (lines {values[key].line} and {e.line})",
                     "keep one",
                 )
+                continue
+            if key not in allowed:
+                how = "given" if trigger_given else ("probe" if trigger == "probe" else "default")
+                msg, hint = _not_for_trigger(key, trigger, how)
+                bad(e.line, msg, hint)
                 continue
             if e.value is None and not e.items:
                 if key in ("actions", "captures"):
@@ -965,7 +1287,9 @@ class _Builder:
         timer_secs = get(
             "timer_interval_seconds", lambda v: _as_seconds(v, "timer_interval_seconds")
         )
-        rate_limit = DEFAULT_RATE_LIMIT
+        rate_limit: Optional[RateLimit] = (
+            None if trigger in ("job_end", "time_limit") else DEFAULT_RATE_LIMIT
+        )
         if "rate_limit" in values:
             rate_limit = get("rate_limit", _as_rate_limit)
         if timer_secs is not None and not timer_on and "timer_mode_enabled" not in values:
@@ -981,28 +1305,59 @@ class _Builder:
                 "set timer_mode_enabled=true, or remove timer_interval_seconds",
             )
 
+        # multi-line records (line watchers)
+        preset = get("multiline", _as_preset)
+        end_pattern = get("end_pattern", lambda v: _as_regex(v, "end_pattern"))
+        max_lines = get("max_lines", lambda v: _as_int(v, "max_lines", 1, MAX_RECORD_LINES))
+        record_timeout = get("record_timeout", lambda v: _as_seconds(v, "record_timeout"))
+        multiline: Optional[MultiLine] = None
+        if "multiline" in values or "end_pattern" in values:
+            if preset is not None or end_pattern is not None:
+                end = end_pattern if end_pattern is not None else MULTILINE_PRESETS[preset][1]
+                multiline = MultiLine(
+                    end=end,
+                    max_lines=_ML_DEFAULTS.max_lines if max_lines is None else max_lines,
+                    timeout=_ML_DEFAULTS.timeout if record_timeout is None else record_timeout,
+                    preset=preset,
+                )
+        else:
+            for key in ("max_lines", "record_timeout"):
+                if key in values:
+                    bad(
+                        values[key].line,
+                        f"{key} is set but the watcher gathers no multi-line record",
+                        "add multiline=python_traceback, or end_pattern=REGEX (the record's "
+                        f"last line), or remove {key}",
+                    )
+        if preset is not None and "pattern" not in values:
+            pattern = MULTILINE_PRESETS[preset][0]
+
         # pattern and captures
         groups = 0
         named: Tuple[str, ...] = ()
-        if "pattern" not in values:
+        pattern_used = trigger in ("line", "probe")
+        if not pattern_used:
+            pattern = None
+        elif "pattern" not in values and pattern is None and "multiline" not in values:
             if not raw.broken:  # a line cut short by a syntax error: already reported
                 bad(raw.line, "pattern is missing", 'every watcher needs pattern="REGEX"')
         elif pattern is not None:
+            pline = values["pattern"].line if "pattern" in values else raw.line
             if not pattern:
-                bad(values["pattern"].line, "pattern is empty")
+                bad(pline, "pattern is empty")
             elif len(pattern) > MAX_PATTERN:
                 bad(
-                    values["pattern"].line,
+                    pline,
                     f"pattern too long ({len(pattern)} characters, at most {MAX_PATTERN})",
                 )
             else:
                 try:
-                    rx = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+                    rx = _compile(pattern, re.IGNORECASE if ignore_case else 0)
                     groups = rx.groups
                     named = tuple(rx.groupindex)
                 except (re.error, OverflowError, RecursionError, ValueError) as exc:
                     bad(
-                        values["pattern"].line,
+                        pline,
                         f"pattern is not a valid regex: {exc}",
                         "Python re syntax; inside \"...\" only \\\" and \\\\ are escapes",
                     )
@@ -1022,23 +1377,35 @@ class _Builder:
                 captures = []
                 captures_ok = False
         known = set(captures) | set(named)
+        if trigger == "job_end":
+            known = {"exit_code"}
 
         condition = get("condition", lambda v: _as_text(v, "condition").strip())
         if condition is not None:
             from sidecar.conditions import compile_condition
 
+            example = "int(exit_code) != 0" if trigger == "job_end" else "float(loss) > 5"
             try:
                 cond = compile_condition(condition)
             except ValueError as exc:
                 bad(
                     values["condition"].line,
                     f"condition: {exc}",
-                    "a Python expression over the captures, e.g. float(loss) > 5",
+                    f"a Python expression over the captures, e.g. {example}",
                 )
                 condition = None
             else:
                 missing = sorted(cond.names - known)
-                if missing and captures_ok:
+                if missing and trigger == "job_end":
+                    bad(
+                        values["condition"].line,
+                        "condition uses "
+                        + ", ".join(repr(m) for m in missing)
+                        + ": a job_end condition can only use exit_code",
+                        f"e.g. condition=\"{example}\"",
+                    )
+                    condition = None
+                elif missing and captures_ok:
                     bad(
                         values["condition"].line,
                         "condition uses "
@@ -1052,6 +1419,87 @@ class _Builder:
                         f"(now: {', '.join(sorted(known)) or 'none'})",
                     )
                     condition = None
+
+        # thresholds (line and probe watchers)
+        threshold = get("threshold", lambda v: _as_rate_limit(v, "threshold"))
+        suppress = get("suppress", lambda v: _as_seconds(v, "suppress"))
+        track_by: Optional[str] = None
+        if "track_by" in values:
+            te = values["track_by"]
+            if te.value is not None and pattern is not None and captures_ok:
+                try:
+                    track_by = track_by_template(
+                        _as_text(te.value, "track_by"), captures, named, groups
+                    )
+                except TrackByError as exc:
+                    bad(te.line, str(exc), exc.hint)
+                else:
+                    if threshold is None and suppress is None and "threshold" not in values:
+                        bad(
+                            te.line,
+                            "track_by is given without threshold or suppress",
+                            "track_by keeps the counts of threshold and the holding back of "
+                            "suppress apart per key: add threshold=5/60 or suppress=10m, or "
+                            "remove track_by",
+                        )
+        throttle: Optional[Throttle] = None
+        if threshold is not None or suppress is not None or track_by is not None:
+            throttle = Throttle(threshold=threshold, track_by=track_by, suppress=suppress)
+
+        # stale watchers
+        stale_timeout = get("timeout", lambda v: _as_seconds(v, "timeout"))
+        require_alive = get("require_alive", lambda v: _as_bool(v, "require_alive"))
+        max_cpu = get("max_cpu", lambda v: _as_number(v, "max_cpu", 0.0, "max_cpu=5 (percent "
+                                                       "of one core)"))
+        grace = get("grace", lambda v: _as_seconds(v, "grace"))
+        if trigger == "stale":
+            if "timeout" not in values and not raw.broken:
+                bad(
+                    raw.line,
+                    "timeout is missing",
+                    "a stale watcher fires after this long without a write: add timeout=20m",
+                )
+            if max_cpu is not None and require_alive is False:
+                bad(
+                    values["require_alive"].line,
+                    "max_cpu is given but require_alive is false",
+                    "max_cpu only counts while the job's processes are alive (it implies "
+                    "require_alive=true): remove require_alive=false, or remove max_cpu",
+                )
+
+        # time limit
+        before = get("before", lambda v: _as_seconds(v, "before"))
+        signal_name: Optional[str] = TIME_LIMIT_SIGNAL
+        if "signal" in values:
+            signal_name = get("signal", _as_signal)
+        if trigger == "time_limit" and "before" not in values and not raw.broken:
+            bad(
+                raw.line,
+                "before is missing",
+                "fire this long before the job's time limit: add before=10m",
+            )
+
+        # memory
+        fraction = get("fraction", _as_fraction)
+        limit = get("limit", _as_limit)
+        if trigger == "memory" and "fraction" not in values and not raw.broken:
+            bad(
+                raw.line,
+                "fraction is missing",
+                "fire when the job's memory passes this share of its limit: add fraction=0.9",
+            )
+
+        # probes
+        probe = get("probe", _as_probe)
+        probe_timeout = get("probe_timeout", lambda v: _as_seconds(v, "probe_timeout"))
+        if trigger == "probe" and "probe" not in values and not raw.broken:
+            bad(
+                raw.line,
+                "probe is missing",
+                'a probe watcher matches the output of a command run every interval: add '
+                'probe="COMMAND", e.g. probe="nvidia-smi --query-gpu=utilization.gpu '
+                '--format=csv,noheader,nounits"',
+            )
 
         # actions
         actions: List[ActionSpec] = []
@@ -1086,12 +1534,57 @@ class _Builder:
             action_lines = [raw.line]
 
         variables = self.variable_names(captures, named, groups)
+        variables.update(TRIGGER_VARIABLES.get(trigger, ()))
+        if multiline is not None:
+            variables.update(RECORD_VARIABLES)
+        if throttle is not None:
+            variables.update(THROTTLE_VARIABLES)
         for a, line in zip(actions, action_lines):
             self.check_templates(a, variables, label, line)
 
         if len(self.problems) > problems_before or raw.broken:
             return None
-        assert pattern is not None
+        final_name = name if name else "\0watcher-" + str(raw.line)
+        common: Dict[str, Any] = dict(
+            name=final_name,
+            actions=tuple(actions),
+            origin=Origin(self.filename, raw.line, raw.kind),
+            max_triggers=max_triggers,
+            rate_limit=rate_limit,
+            max_failures=5 if max_failures is None else max_failures,
+        )
+        if trigger == "probe":
+            assert pattern is not None and probe is not None
+            return Watcher(
+                source=Source(
+                    probe=probe,
+                    probe_interval=_SOURCE_DEFAULTS.probe_interval if interval is None
+                    else interval,
+                    probe_timeout=_SOURCE_DEFAULTS.probe_timeout if probe_timeout is None
+                    else probe_timeout,
+                ),
+                trigger=RegexTrigger(pattern, tuple(captures), condition, ignore_case),
+                timer_interval=(timer_secs or DEFAULT_TIMER_INTERVAL) if timer_on else None,
+                throttle=throttle,
+                **common,
+            )
+        if trigger in JOB_TRIGGERS:
+            job_trigger: Trigger
+            if trigger == "job_end":
+                job_trigger = JobEndTrigger(condition=condition)
+            elif trigger == "time_limit":
+                assert before is not None
+                job_trigger = TimeLimitTrigger(before=before, signal=signal_name)
+            else:
+                assert fraction is not None
+                job_trigger = MemoryTrigger(
+                    fraction=fraction,
+                    limit=limit,
+                    interval=_MEMORY_DEFAULTS.interval if interval is None else interval,
+                )
+            return Watcher(source=Source(), trigger=job_trigger, **common)
+
+        # line and stale watchers read the job's output files
         otype = output_type or "stdout"
         files = self.outputs(otype)
         paths: List[str] = []
@@ -1107,20 +1600,29 @@ class _Builder:
             return None
         paths = [p for p in paths if not p.startswith("/dev/")]
         directory = os.path.dirname(paths[0])
-        final_name = name if name else "\0watcher-" + str(raw.line)
         self.files[final_name] = tuple(files)
+        file_trigger: Trigger
+        if trigger == "stale":
+            assert stale_timeout is not None
+            file_trigger = StaleTrigger(
+                timeout=stale_timeout,
+                require_alive=bool(require_alive) or max_cpu is not None,
+                max_cpu=max_cpu,
+                grace=grace,
+            )
+        else:
+            assert pattern is not None
+            file_trigger = RegexTrigger(
+                pattern, tuple(captures), condition, ignore_case, multiline=multiline
+            )
         return Watcher(
-            name=final_name,
             source=Source(directory=directory, paths=tuple(paths)),
-            trigger=RegexTrigger(pattern, tuple(captures), condition, ignore_case),
-            actions=tuple(actions),
-            origin=Origin(self.filename, raw.line, raw.kind),
-            max_triggers=max_triggers,
-            rate_limit=rate_limit,
-            max_failures=5 if max_failures is None else max_failures,
+            trigger=file_trigger,
             timer_interval=(timer_secs or DEFAULT_TIMER_INTERVAL) if timer_on else None,
             interval=interval,
             output_type=otype,
+            throttle=throttle,
+            **common,
         )
 
     def check_captures(self, captures: List[str], groups: Optional[int]) -> List[str]:

@@ -405,6 +405,153 @@ def test_auto_polls_a_new_subdirectory_over_the_watch_limit(tmp_path) -> None:
     b.close()
 
 
+# ------------------------------------------------------------------ network filesystems
+
+
+def remote_for(*remote_dirs: str, fs: str = "nfs") -> Callable[[str], Optional[str]]:
+    """A remote_fs that says ``fs`` for the given directories (and below), None elsewhere."""
+
+    def remote_fs(path: str) -> Optional[str]:
+        for d in remote_dirs:
+            if path == d or path.startswith(d + os.sep):
+                return fs
+        return None
+
+    return remote_fs
+
+
+def test_auto_polls_a_directory_on_a_network_filesystem(tmp_path) -> None:
+    """One directory "on NFS" is polled, the other gets inotify; writes in both are seen
+    (the polled one at its next poll); the choice and its reason are kept and logged once
+    per directory."""
+    nfs, local = tmp_path / "nfs", tmp_path / "local"
+    nfs.mkdir()
+    local.mkdir()
+    log = RecLog()
+    t = [0.0]
+    b = AutoBackend(InotifyBackend(), 0.5, log, clock=lambda: t[0], remote_fs=remote_for(str(nfs)))
+    try:
+        b.watch_dir(str(nfs), False)
+        b.watch_dir(str(local) + "/", False)  # the path is normalised
+        b.watch_dir(str(nfs), False)  # again: no second warning
+        assert b.choices == {
+            str(nfs): ("poll", "nfs: inotify does not see writes made on other nodes"),
+            str(local): ("inotify", "local filesystem"),
+        }
+        warnings = [r for r in log.records if r[0] == "warning"]
+        assert warnings == [
+            (
+                "warning",
+                "polling a directory on a network filesystem",
+                {"directory": str(nfs), "fs": "nfs"},
+            )
+        ]
+        assert b.name == "inotify+poll" and b.poll_interval() == 0.5
+        (local / "a.log").write_text("a\n")
+        (nfs / "b.log").write_text("b\n")
+        got = rel(str(tmp_path), b.read())  # the first read also polls
+        assert ("create", "local/a.log", False) in got and ("create", "nfs/b.log", False) in got
+        with open(nfs / "b.log", "a") as f:
+            f.write("more\n")
+        with open(local / "a.log", "a") as f:
+            f.write("more\n")
+        got = rel(str(tmp_path), b.read())
+        assert ("modify", "local/a.log", False) in got  # inotify: at once
+        assert ("modify", "nfs/b.log", False) not in got  # polled: not before its interval
+        t[0] = 1.0
+        assert ("modify", "nfs/b.log", False) in rel(str(tmp_path), b.read())
+    finally:
+        b.close()
+
+
+def test_auto_remote_directory_that_does_not_exist_is_a_backend_error(tmp_path) -> None:
+    b = AutoBackend(InotifyBackend(), 0.5, RecLog(), remote_fs=lambda p: "lustre")
+    try:
+        with pytest.raises(BackendError):
+            b.watch_dir(str(tmp_path / "missing"), False)
+        assert b.choices == {}
+    finally:
+        b.close()
+
+
+def test_auto_remote_fs_failure_means_inotify(tmp_path) -> None:
+    def broken(path: str) -> Optional[str]:
+        raise OSError(errno.ESTALE, "stale file handle")
+
+    b = AutoBackend(InotifyBackend(), 0.5, RecLog(), remote_fs=broken)
+    try:
+        b.watch_dir(str(tmp_path), False)
+        assert b.choices[str(tmp_path)][0] == "inotify" and b.name == "inotify"
+    finally:
+        b.close()
+
+
+def test_auto_real_filesystem_check_picks_inotify_for_a_tmp_dir(tmp_path) -> None:
+    """The default remote_fs (real statfs): tmp is local on the test machines."""
+    b = make_backend("auto", 0.5, RecLog())
+    try:
+        b.watch_dir(str(tmp_path), False)
+        assert isinstance(b, AutoBackend)
+        assert b.choices == {str(tmp_path): ("inotify", "local filesystem")}
+    finally:
+        b.close()
+
+
+def test_auto_watch_limit_choice_is_recorded(tmp_path) -> None:
+    fake = FakeInotify(errno.ENOSPC, ok=0)
+    b = AutoBackend(InotifyBackend(lambda: fake), 0.5, RecLog(), remote_fs=lambda p: None)
+    try:
+        b.watch_dir(str(tmp_path), False)
+        kind, reason = b.choices[str(tmp_path)]
+        assert kind == "poll" and "watch limit" in reason
+    finally:
+        b.close()
+
+
+def test_make_backend_auto_passes_remote_fs(tmp_path) -> None:
+    b = make_backend("auto", 0.5, RecLog(), remote_fs=remote_for(str(tmp_path), fs="gpfs"))
+    try:
+        b.watch_dir(str(tmp_path), True)
+        assert isinstance(b, AutoBackend) and b.name == "inotify+poll"
+        assert b.choices[str(tmp_path)][0] == "poll"
+    finally:
+        b.close()
+
+
+def test_forced_inotify_does_not_switch_but_warns(tmp_path) -> None:
+    """backend = "inotify": a directory on a network filesystem keeps inotify (the user
+    asked for it), with a warning that writes made on other nodes will not be seen."""
+    log = RecLog()
+    b = make_backend("inotify", 0.5, log, remote_fs=remote_for(str(tmp_path), fs="nfs4"))
+    try:
+        assert isinstance(b, InotifyBackend) and b.name == "inotify"
+        b.watch_dir(str(tmp_path), False)
+        b.watch_dir(str(tmp_path), False)
+        warnings = [r for r in log.records if r[0] == "warning"]
+        assert len(warnings) == 1
+        assert "will not be seen" in warnings[0][1] and warnings[0][2]["fs"] == "nfs4"
+        kind, reason = b.choices[str(tmp_path)]  # type: ignore[attr-defined]
+        assert kind == "inotify" and "nfs4" in reason
+        assert b.poll_interval() is None
+        (tmp_path / "x.log").write_text("x")
+        assert ("create", "x.log", False) in rel(str(tmp_path), b.read())
+    finally:
+        b.close()
+
+
+def test_forced_poll_is_unchanged(tmp_path) -> None:
+    asked: List[str] = []
+
+    def remote_fs(path: str) -> Optional[str]:
+        asked.append(path)
+        return "nfs"
+
+    b = make_backend("poll", 0.5, RecLog(), remote_fs=remote_fs)
+    b.watch_dir(str(tmp_path), False)
+    assert isinstance(b, PollingBackend) and asked == []
+    b.close()
+
+
 # --------------------------------------------------------------------------- polling
 
 

@@ -16,14 +16,22 @@ from hypothesis import strategies as st
 
 from sidecar import config as C
 from sidecar.model import (
+    MULTILINE_PRESETS,
     ActionSpec,
     ConfigError,
     FileEventTrigger,
+    JobEndTrigger,
+    MemoryTrigger,
+    MultiLine,
     Problem,
     RateLimit,
     RegexTrigger,
     Settings,
+    Source,
     StaleTrigger,
+    Throttle,
+    TimeLimitTrigger,
+    Watcher,
 )
 from sidecar.types import USER_EVENT_KINDS
 
@@ -920,7 +928,20 @@ def test_json_schema_describes_the_tables_and_forbids_extra_keys() -> None:
         assert key in s["properties"]
     regex = s["$defs"]["RegexActionModel"]
     assert regex["additionalProperties"] is False
-    assert set(regex["required"]) == {"filepath_regex", "line_regex"}
+    # line_regex is required unless multiline names a preset (then it is the preset's start)
+    assert set(regex["required"]) == {"filepath_regex"}
+    assert {"required": ["line_regex"]} in regex["anyOf"]
+    assert regex["properties"]["multiline"]["anyOf"][0]["enum"] == ["python_traceback"]
+    for name, required in (
+        ("ProbeActionModel", {"probe", "line_regex"}),
+        ("JobEndActionModel", set()),
+        ("TimeLimitActionModel", {"before"}),
+        ("MemoryActionModel", {"fraction"}),
+    ):
+        d = s["$defs"][name]
+        assert d["additionalProperties"] is False, name
+        assert set(d.get("required", [])) == required, name
+        assert "directory" not in d["properties"] and "filepath_regex" not in d["properties"]
 
 
 def test_settings_model_covers_model_settings_with_the_same_defaults() -> None:
@@ -933,13 +954,13 @@ def test_docs_describe_every_key_and_the_settings_defaults() -> None:
     """docs/config.md has a table row per key; the settings rows show the model defaults."""
     doc = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
     keys = set(C.ConfigFileModel.model_fields) | set(C.NotifyModel.model_fields)
-    for model in (C.RegexActionModel, C.StaleFileActionModel, C.FileEventActionModel):
+    for model in set(C._TABLE_MODELS.values()) | {C.MultiLineModel}:
         keys |= set(model.model_fields)
     keys -= {*C.TABLES, "notify"}  # sections of their own
     assert "### `[notify]`" in doc
     first_cells = [ln.split("|")[1] for ln in doc.splitlines() if ln.startswith("| `")]
-    for k in sorted(keys):
-        assert any(f"`{k}`" in cell for cell in first_cells), k
+    undocumented = [k for k in sorted(keys) if not any(f"`{k}`" in c for c in first_cells)]
+    assert undocumented == [], "docs/config.md has no table row for these keys"
     defaults: Dict[str, Any] = vars(Settings())
     for k in ("queue_length", "max_concurrent", "action_timeout", "output_cap",
               "poll_interval", "nice", "max_line", "chunk_size", "resubmit_limit",
@@ -947,6 +968,563 @@ def test_docs_describe_every_key_and_the_settings_defaults() -> None:
         mo = re.search(rf"^\| `{k}` \| [^|]+ \| ([^|]+) \|", doc, re.M)
         assert mo, k
         assert float(mo.group(1)) == float(defaults[k]), k
+
+
+# ---------------------------------------------------------------------------------------
+# the triggers that understand the job (issue #6): new keys and tables
+# ---------------------------------------------------------------------------------------
+
+CMD = 'cmd = "true"\n'
+FILES = "filepath_regex = 'x'\n"
+
+
+def one_watcher(text: str, **kw: Any) -> Watcher:
+    (w,) = load(text, **kw).watchers
+    assert isinstance(w, Watcher)
+    return w
+
+
+def test_new_tables_load_with_their_defaults() -> None:
+    """Each new table with only its required keys: the model's defaults, no files."""
+    cfg = load(
+        "[[probe_actions]]\nprobe = 'nvidia-smi'\nline_regex = '(\\d+)'\n" + CMD
+        + "[[job_end_actions]]\n" + CMD
+        + "[[time_limit_actions]]\nbefore = 600\n" + CMD
+        + "[[memory_actions]]\nfraction = 0.9\n" + CMD
+    )
+    probe, end, tl, mem = cfg.watchers
+    assert probe.name == "probe_actions[1]" and probe.origin.what == "[[probe_actions]] #1"
+    assert probe.source == Source(probe="nvidia-smi", probe_interval=60.0, probe_timeout=30.0)
+    assert probe.trigger == RegexTrigger("(\\d+)")
+    assert probe.throttle is None and probe.rate_limit is None and probe.max_triggers is None
+    assert end.trigger == JobEndTrigger() and end.source == Source()
+    assert tl.trigger == TimeLimitTrigger(before=600.0, signal="USR1")
+    assert mem.trigger == MemoryTrigger(fraction=0.9, limit=None, interval=10.0)
+    for w in (end, tl, mem):
+        assert w.source == Source() and w.rate_limit is None and w.max_failures == 5
+        assert w.actions == (ActionSpec("run_command", {"command": "true"}),)
+
+
+def test_watchers_are_listed_table_by_table_and_names_are_unique_across_tables() -> None:
+    """Order: regex, stale, file_event, probe, job_end, time_limit, memory (file order
+    within a table), whatever the order in the file; a name used in two tables is refused."""
+    cfg = load(
+        "[[memory_actions]]\nfraction = 0.5\n" + CMD
+        + "[[time_limit_actions]]\nbefore = 1\n" + CMD
+        + "[[job_end_actions]]\n" + CMD
+        + "[[probe_actions]]\nprobe = 'p'\nline_regex = 'x'\n" + CMD
+        + "[[file_event_actions]]\nevent_types = ['create']\n" + FILES + CMD
+        + "[[stale_file_actions]]\ntimeout = 1\n" + FILES + CMD
+        + "[[regex_actions]]\nline_regex = 'a'\n" + FILES + CMD
+        + "[[job_end_actions]]\n" + CMD
+    )
+    assert [w.name for w in cfg.watchers] == [
+        "regex_actions[1]", "stale_file_actions[1]", "file_event_actions[1]",
+        "probe_actions[1]", "job_end_actions[1]", "job_end_actions[2]",
+        "time_limit_actions[1]", "memory_actions[1]",
+    ]
+    p = one_problem(OK_REGEX + "[[job_end_actions]]\nname = 'w'\n" + CMD)
+    assert "duplicate watcher name 'w' (also [[regex_actions]] #1 at line 2)" in p.message
+    assert p.line == 8 and p.watcher == "w"
+
+
+def test_config_with_only_job_watchers_needs_no_file_and_no_directory(tmp_path: Path) -> None:
+    """Job tables have no directory to check, even with check_dirs."""
+    cfg = C.load_config_text("[[job_end_actions]]\n" + CMD, "c.toml", base_dir=str(tmp_path))
+    assert cfg.watchers[0].trigger == JobEndTrigger()
+
+
+def test_no_watchers_message_lists_every_table() -> None:
+    p = one_problem("queue_length = 5\n")
+    assert "[[probe_actions]]" in p.message and "[[memory_actions]]" in p.message
+
+
+# -- multi-line records -----------------------------------------------------------------
+
+
+def test_multiline_preset_needs_no_line_regex() -> None:
+    """multiline = "python_traceback": the preset's start regex is the pattern."""
+    start, end = MULTILINE_PRESETS["python_traceback"]
+    w = one_watcher("[[regex_actions]]\nmultiline = 'python_traceback'\n" + FILES + CMD)
+    assert w.trigger == RegexTrigger(
+        start, multiline=MultiLine(end=end, max_lines=100, timeout=5.0, preset="python_traceback")
+    )
+
+
+def test_multiline_table_forms() -> None:
+    """A table with end (and line_regex), or a preset with overrides; max_lines, timeout."""
+    w = one_watcher(
+        "[[regex_actions]]\nline_regex = '^BEGIN'\n"
+        "multiline = {end = '^END', max_lines = 10, timeout = 2.5}\n" + FILES + CMD
+    )
+    assert w.trigger == RegexTrigger("^BEGIN", multiline=MultiLine("^END", 10, 2.5))
+    w = one_watcher(
+        "[[regex_actions]]\nline_regex = 'Traceback'\n"
+        "multiline = {preset = 'python_traceback', end = '^Error'}\n" + FILES + CMD
+    )
+    assert w.trigger == RegexTrigger(
+        "Traceback", multiline=MultiLine("^Error", preset="python_traceback")
+    )
+    w = one_watcher("[[regex_actions]]\n" + FILES + CMD
+                    + "[regex_actions.multiline]\npreset = 'python_traceback'\nmax_lines = 7\n")
+    assert w.trigger.multiline == MultiLine(  # type: ignore[union-attr]
+        MULTILINE_PRESETS["python_traceback"][1], 7, preset="python_traceback"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "line", "needle", "hint"),
+    [
+        ("'python_tracebak'", 3, "multiline: unknown preset 'python_tracebak'",
+         "did you mean 'python_traceback'?"),
+        ("{end = '('}", 3, "multiline: end is not a valid regular expression", "backslash"),
+        ("{end = 'x', max_lines = 0}", 3, "multiline: max_lines must be >= 1, got 0", None),
+        ("{end = 'x', max_lines = 100001}", 3, "max_lines must be <= 100000", None),
+        ("{end = 'x', timeout = 0}", 3, "multiline: timeout must be more than 0 seconds", None),
+        ("{end = 'x', timeout = '5s'}", 3, "timeout must be a number of seconds", "bare number"),
+        ("{ends = 'x'}", 3, "multiline: unknown key 'ends'", "did you mean 'end'?"),
+        ("{max_lines = 5}", 3, "needs end (the regex of a record's last line) or preset",
+         "python_traceback"),
+        ("{end = ''}", 3, "end must not be empty", None),
+        ("{preset = 'nope'}", 3, "unknown preset 'nope'", "presets: 'python_traceback'"),
+        ("true", 3, "multiline must be a preset name or a table, got a boolean", "multiline ="),
+    ],
+)
+def test_bad_multiline_values_are_reported(
+    value: str, line: int, needle: str, hint: Optional[str]
+) -> None:
+    p = one_problem(f"[[regex_actions]]\nline_regex = 'a'\nmultiline = {value}\n" + FILES + CMD)
+    assert needle in p.message and p.line == line, p
+    assert p.watcher == "regex_actions[1]" and "[[regex_actions]] #1" in p.message
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+def test_custom_multiline_still_needs_line_regex() -> None:
+    """Without a preset, line_regex (the record's first line) is required."""
+    p = one_problem("[[regex_actions]]\nmultiline = {end = 'x'}\n" + FILES + CMD)
+    assert "missing required key 'line_regex'" in p.message and p.line == 1
+    assert p.hint and "first line" in p.hint
+
+
+def test_line_regex_is_still_required_without_multiline() -> None:
+    p = one_problem("[[regex_actions]]\nname = 'r'\n" + FILES + CMD)
+    assert p.message == "[[regex_actions]] #1: missing required key 'line_regex'"
+    assert p.hint == "add line_regex = 'ERROR.*'" and p.line == 1
+
+
+# -- thresholds ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "throttle"),
+    [
+        ("threshold = '5/60s'", Throttle(RateLimit(5, 60.0))),
+        ("threshold = {count = 3, per = 600}", Throttle(RateLimit(3, 600.0))),
+        ("threshold = '5/min'\ntrack_by = '$1'", Throttle(RateLimit(5, 60.0), "$1")),
+        ("threshold = '5/min'\ntrack_by = '1'", Throttle(RateLimit(5, 60.0), "$1")),
+        ("suppress = 600\ntrack_by = 'host'", Throttle(None, "${host}", 600.0)),
+        ("suppress = 600\ntrack_by = '${host}'", Throttle(None, "${host}", 600.0)),
+        ("suppress = 600\ntrack_by = '$host@$FILE'", Throttle(None, "$host@$FILE", 600.0)),
+        ("suppress = 0.5\ntrack_by = 'lvl'", Throttle(None, "${lvl}", 0.5)),
+        ("suppress = 10", Throttle(None, None, 10.0)),
+    ],
+)
+def test_threshold_track_by_and_suppress_build_the_throttle(keys: str, throttle: Throttle) -> None:
+    """A bare capture name or group number in track_by becomes a reference; named groups
+    and built-in variables count."""
+    w = one_watcher(
+        "[[regex_actions]]\nline_regex = '(?P<lvl>E) host=(\\S+)'\ncaptures = ['x', 'host']\n"
+        + keys + "\n" + FILES + CMD
+    )
+    assert w.throttle == throttle
+
+
+def test_no_throttle_keys_no_throttle() -> None:
+    assert one_watcher(OK_REGEX).throttle is None
+
+
+@pytest.mark.parametrize(
+    ("keys", "line", "needle", "hint"),
+    [
+        ("threshold = '5/fortnight'", 4, "threshold '5/fortnight': unknown time unit",
+         'threshold = "5/60s"'),
+        ("threshold = '0/60s'", 4, "threshold count must be at least 1", "threshold ="),
+        ("threshold = {count = 5}", 4, "threshold needs both count and per", None),
+        ("threshold = 5", 4, "threshold must be a string or a table, got an integer", None),
+        ("threshold = '" + "9" * 40 + "/60s'", 4, "threshold: the count 9999", None),
+        ("suppress = 0", 4, "suppress must be more than 0 seconds, got 0", None),
+        ("suppress = '10m'", 4, "suppress must be a number of seconds", "bare number"),
+        ("suppress = 5\ntrack_by = 'nope'", 5,
+         "track_by uses $nope, which is not a capture or a group of the pattern",
+         "captures: host"),
+        ("suppress = 5\ntrack_by = '$2'", 5, "track_by uses $2", "the pattern has 1 group"),
+        ("suppress = 5\ntrack_by = 'a b'", 5, "refers to no variable", "track_by = host"),
+        ("suppress = 5\ntrack_by = '$$'", 5, "refers to no variable", None),
+        ("track_by = 'host'", 4, "track_by is given without threshold or suppress",
+         "add threshold"),
+        ("track_by = ''", 4, "track_by must not be empty", None),
+    ],
+)
+def test_bad_throttle_keys_are_reported(
+    keys: str, line: int, needle: str, hint: Optional[str]
+) -> None:
+    p = one_problem(
+        "[[regex_actions]]\nline_regex = 'host=(\\S+)'\ncaptures = ['host']\n"
+        + keys + "\n" + FILES + CMD
+    )
+    assert needle in p.message and p.line == line, p
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+# -- stale --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "trigger"),
+    [
+        ("", StaleTrigger(1200.0)),
+        ("require_alive = true", StaleTrigger(1200.0, require_alive=True)),
+        ("require_alive = false", StaleTrigger(1200.0)),
+        ("max_cpu = 5", StaleTrigger(1200.0, require_alive=True, max_cpu=5.0)),
+        ("max_cpu = 0\nrequire_alive = true", StaleTrigger(1200.0, True, 0.0)),
+        ("grace = 1800", StaleTrigger(1200.0, grace=1800.0)),
+    ],
+)
+def test_stale_hang_keys(keys: str, trigger: StaleTrigger) -> None:
+    """max_cpu implies require_alive = true."""
+    w = one_watcher("[[stale_file_actions]]\ntimeout = 1200\n" + keys + "\n" + FILES + CMD)
+    assert w.trigger == trigger
+
+
+@pytest.mark.parametrize(
+    ("keys", "line", "needle", "hint"),
+    [
+        ("max_cpu = -1", 3, "max_cpu must be >= 0, got -1", "percent of one core"),
+        ("max_cpu = '5%'", 3, "max_cpu must be a number, got a string", None),
+        ("max_cpu = inf", 3, "max_cpu must be a number", None),
+        ("grace = 0", 3, "grace must be more than 0 seconds", None),
+        ("require_alive = 'yes'", 3, "require_alive must be true or false", "without quotes"),
+        ("max_cpu = 5\nrequire_alive = false", 4, "max_cpu is given but require_alive = false",
+         "remove require_alive = false"),
+    ],
+)
+def test_bad_stale_keys_are_reported(
+    keys: str, line: int, needle: str, hint: Optional[str]
+) -> None:
+    p = one_problem("[[stale_file_actions]]\ntimeout = 1\n" + keys + "\n" + FILES + CMD)
+    assert needle in p.message and p.line == line, p
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+# -- probes -------------------------------------------------------------------------------
+
+
+def test_probe_table_with_every_key() -> None:
+    w = one_watcher("""
+        [[probe_actions]]
+        name = "gpu"
+        probe = "nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits"
+        interval = 300
+        probe_timeout = 20
+        line_regex = '^(\\d+)'
+        captures = ["util"]
+        condition = "int(util) < 5"
+        ignore_case = true
+        threshold = "3/15m"
+        track_by = "util"
+        suppress = 3600
+        cmd = "echo idle"
+        actions = [{type = "log_event", message = "GPU idle: $util%"}]
+        max_triggers = 4
+        rate_limit = "1/h"
+        max_failures = 0
+        action_timeout = 9
+        timer_interval = 600
+    """)
+    assert w.name == "gpu"
+    assert w.source == Source(
+        probe="nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits",
+        probe_interval=300.0, probe_timeout=20.0,
+    )
+    assert w.trigger == RegexTrigger("^(\\d+)", ("util",), "int(util) < 5", True)
+    assert w.throttle == Throttle(RateLimit(3, 900.0), "${util}", 3600.0)
+    assert w.actions == (
+        ActionSpec("run_command", {"command": "echo idle"}, 9.0),
+        ActionSpec("log_event", {"message": "GPU idle: $util%"}, 9.0),
+    )
+    assert (w.max_triggers, w.rate_limit, w.max_failures) == (4, RateLimit(1, 3600.0), 0)
+    assert w.timer_interval == 600.0 and w.interval is None
+
+
+@pytest.mark.parametrize(
+    ("keys", "needle", "hint"),
+    [
+        ("directory = '.'", "unknown key 'directory'", "a probe reads a command's output"),
+        ("filepath_regex = 'x'", "unknown key 'filepath_regex'", "not files"),
+        ("recursive = true", "unknown key 'recursive'", "not files"),
+        ("start_at = 'end'", "unknown key 'start_at'", "not files"),
+        ("timeout = 5", "unknown key 'timeout'", "probe_timeout the probe's"),
+        ("multiline = 'python_traceback'", "unknown key 'multiline'",
+         "only valid in [[regex_actions]]"),
+        ("probe_timout = 5", "unknown key 'probe_timout'", "did you mean 'probe_timeout'?"),
+        ("interval = 0", "interval must be more than 0 seconds", None),
+        ("probe_timeout = -1", "probe_timeout must be more than 0 seconds", None),
+        ("interval = '5m'", "interval must be a number of seconds", "bare number"),
+        ("captures = ['a', 'b']", "captures names 2 groups but line_regex has 1 group", None),
+    ],
+)
+def test_bad_probe_keys_are_reported(keys: str, needle: str, hint: Optional[str]) -> None:
+    p = one_problem(
+        "[[probe_actions]]\nname = 'p'\nprobe = 'ls'\nline_regex = '(a)'\n" + CMD + keys + "\n"
+    )
+    assert needle in p.message and p.line == 6 and p.watcher == "p", p
+    assert "[[probe_actions]] #1" in p.message
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "hint"),
+    [
+        ("line_regex = 'a'\n", "missing required key 'probe'", "nvidia-smi"),
+        ("probe = 'ls'\n", "missing required key 'line_regex'", None),
+        ("probe = '  '\nline_regex = 'a'\n", "probe is empty", "/bin/sh command"),
+        ("probe = 5\nline_regex = 'a'\n", "probe must be a string, got an integer", "quote it"),
+        ("probe = 'ls'\nline_regex = '('\n", "line_regex is not a valid regular expression",
+         None),
+    ],
+)
+def test_probe_and_its_regex_are_required_and_checked(
+    text: str, needle: str, hint: Optional[str]
+) -> None:
+    p = one_problem("[[probe_actions]]\n" + text + CMD)
+    assert needle in p.message, p
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+# -- job_end, time_limit, memory --------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", ["job_end_actions", "time_limit_actions", "memory_actions"])
+@pytest.mark.parametrize("key", ["directory = '.'", "filepath_regex = 'x'", "recursive = true",
+                                 "start_at = 'end'"])
+def test_job_tables_watch_no_files(table: str, key: str) -> None:
+    base = {"job_end_actions": "", "time_limit_actions": "before = 5\n",
+            "memory_actions": "fraction = 0.5\n"}[table]
+    p = one_problem(f"[[{table}]]\n{base}{CMD}{key}\n")
+    assert "unknown key" in p.message and p.line == (4 if base else 3), p
+    assert p.hint and f"[[{table}]] watchers watch the job itself, not files" in p.hint
+
+
+def test_job_end_condition_is_over_exit_code() -> None:
+    w = one_watcher("[[job_end_actions]]\ncondition = 'int(exit_code) != 0'\n" + CMD)
+    assert w.trigger == JobEndTrigger("int(exit_code) != 0")
+    p = one_problem("[[job_end_actions]]\nname = 'e'\ncondition = 'int(code) != 0'\n" + CMD)
+    assert p.line == 3 and p.watcher == "e"
+    assert "uses 'code': this watcher's condition can only use exit_code" in p.message
+    assert p.hint and 'int(exit_code) != 0' in p.hint
+    p = one_problem("[[job_end_actions]]\ncondition = 'int(exit_code) !='\n" + CMD)
+    assert "is not valid" in p.message and p.line == 2
+
+
+@pytest.mark.parametrize("key", ["max_triggers = 1", "rate_limit = '1/min'"])
+@pytest.mark.parametrize("table", ["job_end_actions", "time_limit_actions"])
+def test_once_only_tables_refuse_limits(table: str, key: str) -> None:
+    before = "before = 5\n" if table == "time_limit_actions" else ""
+    p = one_problem(f"[[{table}]]\n{before}{CMD}{key}\n")
+    assert "unknown key" in p.message and p.hint and "fires at most once" in p.hint
+
+
+@pytest.mark.parametrize(
+    ("value", "signal"),
+    [("'USR1'", "USR1"), ("'SIGUSR2'", "USR2"), ("'urg'", "URG"), ("false", None)],
+)
+def test_time_limit_signal_forms(value: str, signal: Optional[str]) -> None:
+    w = one_watcher(f"[[time_limit_actions]]\nbefore = 600\nsignal = {value}\n" + CMD)
+    assert w.trigger == TimeLimitTrigger(600.0, signal)
+
+
+@pytest.mark.parametrize(
+    ("keys", "line", "needle", "hint"),
+    [
+        ("", 1, "missing required key 'before'", "before = 600"),
+        ("before = 0", 2, "before must be more than 0 seconds", None),
+        ("before = '10m'", 2, "before must be a number of seconds", "bare number"),
+        ("before = 1\nsignal = 'KILL'", 3, "signal KILL cannot be used here: it cannot be caught",
+         "signal = false"),
+        ("before = 1\nsignal = 'TERM'", 3, "signal TERM cannot be used here", None),
+        ("before = 1\nsignal = 'HUP'", 3, "reload", None),
+        ("before = 1\nsignal = 'USR9'", 3, "'USR9' is not a signal name", None),
+        ("before = 1\nsignal = '10'", 3, "signal 10 is USR1", None),
+        ("before = 1\nsignal = 10", 3, "signal must be a signal name or false, got an integer",
+         'signal = "USR1"'),
+        ("before = 1\nsignal = true", 3, "signal = true: name the signal", "signal = false"),
+        ("before = 1\ninterval = 5", 3, "unknown key 'interval'", "only valid in"),
+    ],
+)
+def test_bad_time_limit_keys_are_reported(
+    keys: str, line: int, needle: str, hint: Optional[str]
+) -> None:
+    p = one_problem("[[time_limit_actions]]\n" + keys + "\n" + CMD)
+    assert needle in p.message and p.line == line, p
+    assert p.watcher == "time_limit_actions[1]"
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+@pytest.mark.parametrize(
+    ("keys", "trigger"),
+    [
+        ("fraction = 1", MemoryTrigger(1.0)),
+        ("fraction = 0.9\nlimit = '8G'", MemoryTrigger(0.9, 8 << 30)),
+        ("fraction = 0.9\nlimit = '8GB'", MemoryTrigger(0.9, 8 << 30)),
+        ("fraction = 0.9\nlimit = '512M'\ninterval = 2.5", MemoryTrigger(0.9, 512 << 20, 2.5)),
+        ("fraction = 0.9\nlimit = 2000000", MemoryTrigger(0.9, 2_000_000)),
+    ],
+)
+def test_memory_keys(keys: str, trigger: MemoryTrigger) -> None:
+    assert one_watcher("[[memory_actions]]\n" + keys + "\n" + CMD).trigger == trigger
+
+
+def test_memory_watchers_may_have_limits() -> None:
+    """A memory watcher re-arms when the memory falls again: max_triggers and rate_limit
+    make sense there (and #WATCHER memory watchers have ssync's 10/min default)."""
+    w = one_watcher("[[memory_actions]]\nfraction = 0.5\nmax_triggers = 2\nrate_limit = '1/h'\n"
+                    + CMD)
+    assert (w.max_triggers, w.rate_limit) == (2, RateLimit(1, 3600.0))
+
+
+@pytest.mark.parametrize(
+    ("keys", "line", "needle", "hint"),
+    [
+        ("", 1, "missing required key 'fraction'", "fraction = 0.9"),
+        ("fraction = 90", 2, "fraction must be <= 1, got 90", "0.9 means 90%"),
+        ("fraction = 0", 2, "fraction must be > 0, got 0", "0.9 means 90%"),
+        ("fraction = '90%'", 2, "fraction must be a number, got a string", None),
+        ("fraction = 0.5\nlimit = '4096'", 3, 'limit "4096" is 4.0 KiB: below 1 MiB',
+         'did you mean limit = "4096M"?'),
+        ("fraction = 0.5\nlimit = 4096", 3, "limit 4096 is 4.0 KiB", "limit = \"4096M\""),
+        ("fraction = 0.5\nlimit = '8Q'", 3, "limit: '8Q' is not a size", "job's own limit"),
+        ("fraction = 0.5\nlimit = -5", 3, "limit: a size cannot be negative", None),
+        ("fraction = 0.5\nlimit = true", 3, "limit must be a size, got a boolean", "8G"),
+        ("fraction = 0.5\ninterval = 0", 3, "interval must be more than 0 seconds", None),
+    ],
+)
+def test_bad_memory_keys_are_reported(
+    keys: str, line: int, needle: str, hint: Optional[str]
+) -> None:
+    p = one_problem("[[memory_actions]]\n" + keys + "\n" + CMD)
+    assert needle in p.message and p.line == line, p
+    if hint:
+        assert p.hint and hint in p.hint, p
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "hint"),
+    [
+        (OK_REGEX + "before = 60\n", 7, "'before' is only valid in [[time_limit_actions]]"),
+        (OK_REGEX + "fraction = 0.5\n", 7, "'fraction' is only valid in [[memory_actions]]"),
+        (OK_REGEX + "probe = 'ls'\n", 7, "'probe' is only valid in [[probe_actions]]"),
+        ("[[stale_file_actions]]\ntimeout = 1\n" + FILES + CMD + "threshold = '5/60s'\n", 5,
+         "only valid in [[regex_actions]] and [[probe_actions]]"),
+        ("probe = 'ls'\n" + OK_REGEX, 1, "is its [[probe_actions]] header missing"),
+        (OK_REGEX + "[[probe_action]]\nprobe = 'x'\n", 7, "did you mean 'probe_actions'?"),
+        ("[[job_end_actions]]\n" + CMD + "conditon = 'x'\n", 3, "did you mean 'condition'?"),
+    ],
+)
+def test_new_keys_in_the_wrong_place_get_a_hint(text: str, line: int, hint: str) -> None:
+    p = one_problem(text)
+    assert "unknown" in p.message and p.line == line, p
+    assert p.hint and hint in p.hint, p
+
+
+def test_job_tables_need_a_command_and_refuse_both_spellings() -> None:
+    p = one_problem("[[job_end_actions]]\nname = 'e'\n")
+    assert "no command to run" in p.message and p.watcher == "e"
+    p = one_problem("[[memory_actions]]\nfraction = 0.5\ncmd = 'a'\ncommand = 'b'\n")
+    assert "both cmd and command" in p.message and p.line == 4
+
+
+def test_action_timeout_of_job_tables() -> None:
+    w = one_watcher("[[time_limit_actions]]\nbefore = 5\naction_timeout = 7\n"
+                    "actions = [{type = 'log_event'}, {type = 'cancel', timeout = 1}]\n")
+    assert [a.timeout for a in w.actions] == [7.0, 1.0]
+
+
+def test_new_problems_are_collected_with_the_old_ones_in_line_order() -> None:
+    """One load reports problems of old and new tables together, sorted by line."""
+    ps = problems("""
+        [[regex_actions]]
+        name = "a"
+        line_regex = '('
+        filepath_regex = 'a'
+        cmd = "x"
+        [[memory_actions]]
+        name = "m"
+        fraction = 2
+        cmd = "x"
+        [[probe_actions]]
+        name = "p"
+        probe = "ls"
+        line_regex = 'x'
+        directory = "."
+        cmd = "x"
+    """)
+    assert [(p.line, p.watcher) for p in ps] == [(4, "a"), (9, "m"), (15, "p")]
+
+
+def test_check_command_line_exit_codes_for_new_tables(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sidecar check` describes the new triggers and exits 0; a bad key exits 2 with
+    file:line [watcher]: message (fix)."""
+    from sidecar.cli import main
+
+    good = tmp_path / "good.toml"
+    good.write_text(
+        "[[stale_file_actions]]\nname = 'hang'\ntimeout = 1200\nmax_cpu = 5\ngrace = 1800\n"
+        + FILES + CMD
+        + "[[probe_actions]]\nname = 'gpu'\nprobe = 'nvidia-smi'\nline_regex = '(\\d+)'\n"
+        "threshold = '5/60s'\ntrack_by = '1'\nsuppress = 600\n" + CMD
+        + "[[job_end_actions]]\nname = 'end'\ncondition = 'int(exit_code) != 0'\n" + CMD
+        + "[[time_limit_actions]]\nname = 'tl'\nbefore = 600\n" + CMD
+        + "[[memory_actions]]\nname = 'mem'\nfraction = 0.9\nlimit = '8G'\n" + CMD
+        + "[[memory_actions]]\nname = 'mem2'\nfraction = 0.9\n" + CMD
+        + "[[regex_actions]]\nname = 'tb'\nmultiline = 'python_traceback'\n" + FILES + CMD
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[memory_actions]]\nname = 'm'\nfraction = 90\n" + CMD)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "stale after 1200s without a write, require alive, max cpu 5%, grace 1800s" in out
+    assert "probe: nvidia-smi every 60s" in out
+    assert "threshold 5/60s per $1, suppress 600s" in out
+    assert "job end (condition: int(exit_code) != 0)" in out
+    assert "time limit: 600s before the end, or on SIGUSR1" in out
+    assert "memory >= 90% of limit (8.0 GiB given), every 10s" in out
+    assert "memory >= 90% of limit (from SLURM/cgroup at run time), every 10s" in out
+    assert "multi-line: python_traceback (max 100 lines, 5s)" in out
+    assert "watches: the job itself (no file)" in out and out.rstrip().endswith("OK")
+    assert f"{bad}:3 [m]: [[memory_actions]] #1: fraction must be <= 1, got 90 (" in err
+
+
+def test_regex_future_warnings_are_not_printed(recwarn: Any) -> None:
+    """A regex Python's re warns about ("Possible nested set") loads without a warning
+    reaching the user."""
+    import uuid
+
+    fresh = uuid.uuid4().hex  # re caches compiled patterns: a new one warns again
+    w = one_watcher(f"[[regex_actions]]\nline_regex = '[[{fresh}]x'\n" + FILES + CMD)
+    assert w.trigger.pattern.startswith("[[")  # type: ignore[union-attr]
+    assert not [r for r in recwarn if issubclass(r.category, FutureWarning)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -959,7 +1537,10 @@ _scalar = st.one_of(
 _keys = st.sampled_from(
     ["name", "directory", "filepath_regex", "line_regex", "cmd", "command", "timeout",
      "event_types", "actions", "captures", "rate_limit", "condition", "max_triggers",
-     "type", "message", "bogus", "count", "per", "recursive", "start_at"]
+     "type", "message", "bogus", "count", "per", "recursive", "start_at",
+     "multiline", "end", "preset", "max_lines", "threshold", "track_by", "suppress",
+     "require_alive", "max_cpu", "grace", "probe", "interval", "probe_timeout", "before",
+     "signal", "fraction", "limit"]
 )
 _value = st.recursive(
     _scalar,
@@ -969,15 +1550,19 @@ _value = st.recursive(
     max_leaves=8,
 )
 _BASE_ENTRY: Dict[str, Dict[str, Any]] = {
-    "regex_actions": {"line_regex": "a(b)"},
-    "stale_file_actions": {"timeout": 5},
-    "file_event_actions": {"event_types": ["create"]},
-    "event_actions": {"event_types": ["close"]},
+    "regex_actions": {"filepath_regex": "x", "line_regex": "a(b)"},
+    "stale_file_actions": {"filepath_regex": "x", "timeout": 5},
+    "file_event_actions": {"filepath_regex": "x", "event_types": ["create"]},
+    "event_actions": {"filepath_regex": "x", "event_types": ["close"]},
+    "probe_actions": {"probe": "true", "line_regex": "(a)"},
+    "job_end_actions": {},
+    "time_limit_actions": {"before": 60},
+    "memory_actions": {"fraction": 0.5},
 }
 _mutated = st.sampled_from(C.TABLES).flatmap(
     lambda table: st.lists(
         st.dictionaries(_keys, _value, max_size=2).map(
-            lambda extra: {"filepath_regex": "x", "cmd": "true", **_BASE_ENTRY[table], **extra}
+            lambda extra: {"cmd": "true", **_BASE_ENTRY[table], **extra}
         ),
         min_size=1,
         max_size=2,

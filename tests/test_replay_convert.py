@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sidecar.cli import main
 from sidecar.config import load_config_text
-from sidecar.convert import name_regex, to_toml
+from sidecar.convert import conversion_notes, name_regex, table_name, to_toml
+from sidecar.model import Watcher
 from sidecar.replay import ReplaySummary, replay
 from sidecar.script import load_script
 
@@ -89,3 +90,96 @@ def test_name_regex_turns_slurm_fields_into_wildcards() -> None:
     assert re.fullmatch(name_regex("slurm-%A_%4a.out"), "slurm-77_0003.out")
     assert re.fullmatch(name_regex("100%%-%j.log"), "100%-5.log")
     assert not re.fullmatch(name_regex("%x-%j.out"), "dir/x-1.out")
+
+
+NEW_SCRIPT = r"""#!/bin/bash
+#SBATCH --job-name=train --output=logs/%x-%j.out --error=logs/%x-%j.err
+#WATCHER name=hosts pattern="host=(\S+) down" captures=[host] threshold=5/60 track_by=host suppress=10m
+#WATCHER name=tb multiline=python_traceback action=log
+#WATCHER name=tb2 multiline=python_traceback end_pattern="^Error" max_lines=20 output_type=both
+#WATCHER name=blk pattern="^BEGIN" end_pattern="^END" max_lines=50 record_timeout=2s
+#WATCHER name=hang trigger=stale timeout=20m max_cpu=5 grace=30m
+#WATCHER name=alive trigger=stale timeout=1h require_alive=yes
+#WATCHER name=end trigger=job_end condition="int(exit_code) != 0" action=notify_email(subject="exit $EXIT_CODE")
+#WATCHER name=tl trigger=time_limit before=10m signal=SIGUSR2 action=resubmit
+#WATCHER name=tl1 trigger=time_limit before=5m
+#WATCHER name=tl0 trigger=time_limit before=10m signal=none
+#WATCHER name=mem trigger=memory fraction=90% limit=1536M interval=30s max_triggers=2
+#WATCHER name=mem0 trigger=memory fraction=0.5
+#WATCHER name=gpu probe="nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits" pattern="^(\d+)" captures=[util] condition="int(util) < 5" threshold=3/15m interval=5m probe_timeout=20s timer_mode_enabled=true
+#WATCHER name=df probe="df -P ." pattern="(\d+)%"
+python train.py
+"""
+
+
+def _strip(w: Watcher) -> Watcher:
+    """What TOML says differently: where files are (a name pattern), the origin, the
+    script-only output_type, and the poll interval (reported as not carried)."""
+    src = w.source if w.source.is_probe or w.trigger.kind in ("job_end", "time_limit",
+                                                               "memory") else None
+    return dataclasses.replace(w, source=src, origin=None, interval=None, output_type=None)
+
+
+def test_convert_round_trip_carries_every_new_trigger_and_property(
+    tmp_path: Path, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    """Script -> TOML -> load gives the same watchers for stale, job_end, time_limit,
+    memory and probe watchers, thresholds and multi-line records (presets and custom);
+    probes and job watchers keep their exact source; nothing is noted as lost."""
+    (tmp_path / "logs").mkdir()
+    script = tmp_path / "job.sh"
+    script.write_text(NEW_SCRIPT)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_script(str(script), environ={})
+    assert conversion_notes(cfg) == []
+    text = to_toml(cfg)
+    assert "NOT CARRIED OVER" not in text
+    back = load_config_text(text, "converted.toml", base_dir=str(tmp_path))
+    got = {w.name: _strip(w) for w in back.watchers}
+    want = {w.name: _strip(w) for w in cfg.watchers}
+    assert got == want
+    kinds = {w.name: table_name(w) for w in back.watchers}
+    assert kinds == {
+        "hosts": "regex_actions", "tb": "regex_actions", "tb2": "regex_actions",
+        "blk": "regex_actions", "hang": "stale_file_actions", "alive": "stale_file_actions",
+        "end": "job_end_actions", "tl": "time_limit_actions", "tl1": "time_limit_actions",
+        "tl0": "time_limit_actions", "mem": "memory_actions", "mem0": "memory_actions",
+        "gpu": "probe_actions", "df": "probe_actions",
+    }
+    assert 'limit = "1536M"' in text and 'multiline = "python_traceback"' in text
+    assert "signal = false" in text
+
+
+def test_convert_says_what_it_cannot_carry(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A watcher's own poll interval has no TOML form, and files in two directories make
+    two TOML watchers: both are written as NOT CARRIED OVER comments, never dropped."""
+    (tmp_path / "o").mkdir()
+    (tmp_path / "e").mkdir()
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH -o o/%j.out -e e/%j.err\n"
+        "#WATCHER name=p pattern=x interval=30\n"
+        "#WATCHER name=two trigger=stale timeout=1m output_type=both\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_script(str(script), environ={})
+    notes = conversion_notes(cfg)
+    assert len(notes) == 2
+    assert "'p': interval=30 (its poll period) is not carried" in notes[0]
+    assert "'two' follows files in 2 directories: written as 2 watchers (two, two@2)" in notes[1]
+    text = to_toml(cfg)
+    for n in notes:
+        assert f"# NOT CARRIED OVER: {n}" in text
+    back = load_config_text(text, "c.toml", base_dir=str(tmp_path))
+    assert [w.name for w in back.watchers] == ["p", "two", "two@2"]
+
+
+def test_convert_cli_writes_new_triggers(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "logs").mkdir()
+    script = tmp_path / "job.sh"
+    script.write_text(NEW_SCRIPT)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "c.toml"
+    assert main(["convert", str(script), "-o", str(out)]) == 0
+    cfg = load_config_text(out.read_text(), str(out), base_dir=str(tmp_path))
+    assert len(cfg.watchers) == 14

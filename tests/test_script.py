@@ -555,3 +555,436 @@ def test_text_keys_take_brackets_as_written():
     assert trig(w).pattern == "[abc]"
     w = one("#WATCHER_BEGIN\n# pattern: [(]x\n#WATCHER_END\n")
     assert trig(w).pattern == "[(]x"
+
+
+# --------------------------------------------------------------------------- new triggers
+from sidecar.model import (  # noqa: E402
+    MULTILINE_PRESETS,
+    JobEndTrigger,
+    MemoryTrigger,
+    MultiLine,
+    Source,
+    StaleTrigger,
+    Throttle,
+    TimeLimitTrigger,
+)
+from sidecar.script import TrackByError, track_by_template  # noqa: E402
+
+OUT = ("/home/u/run/slurm-42.out",)
+
+
+def problem_list(text: str) -> List[Any]:
+    with pytest.raises(ConfigError) as ei:
+        parse(text)
+    return list(ei.value.problems)
+
+
+def one_problem(text: str) -> Any:
+    ps = problem_list(text)
+    assert len(ps) == 1, [str(p) for p in ps]
+    return ps[0]
+
+
+def test_each_trigger_with_its_defaults():
+    """trigger= line (default), stale, job_end, time_limit, memory, probe (also implied by
+    probe=): defaults, sources, and ssync's 10/min rate limit except where a watcher fires
+    at most once."""
+    ws = parse(
+        """
+        #WATCHER pattern=x
+        #WATCHER trigger=stale timeout=20m
+        #WATCHER trigger=job_end
+        #WATCHER trigger=time_limit before=10m
+        #WATCHER trigger=memory fraction=0.9
+        #WATCHER probe="nvidia-smi -q" pattern=x
+        #WATCHER trigger=probe probe=df pattern=x
+        """
+    )
+    line, stale, end, tl, mem, probe, probe2 = ws
+    assert line.trigger == RegexTrigger("x") and line.source.paths == OUT
+    assert stale.trigger == StaleTrigger(1200.0) and stale.source.paths == OUT
+    assert stale.output_type == "stdout" and stale.rate_limit == RateLimit(10, 60.0)
+    assert end.trigger == JobEndTrigger() and end.rate_limit is None
+    assert tl.trigger == TimeLimitTrigger(600.0, "USR1") and tl.rate_limit is None
+    assert mem.trigger == MemoryTrigger(0.9, None, 10.0) and mem.rate_limit == RateLimit(10, 60.0)
+    for w in (end, tl, mem):
+        assert w.source == Source() and w.output_type is None and w.interval is None
+        assert w.actions == (ActionSpec("log_event"),) and w.throttle is None
+    assert probe.source == Source(probe="nvidia-smi -q", probe_interval=60.0, probe_timeout=30.0)
+    assert probe.trigger == RegexTrigger("x") and probe.output_type is None
+    assert probe.rate_limit == RateLimit(10, 60.0)
+    assert probe2.source.probe == "df"
+
+
+def test_new_trigger_watchers_have_no_files_in_the_details(tmp_path):
+    """`sidecar check` lists the files of file watchers only."""
+    p = tmp_path / "job.sh"
+    p.write_text("#WATCHER name=a pattern=x\n#WATCHER name=b trigger=job_end\n"
+                 "#WATCHER name=c probe=ls pattern=x\n#WATCHER name=d trigger=stale timeout=1\n")
+    d = load_script_details(str(p), environ={}, cwd=str(tmp_path), proc_root=None)
+    assert set(d.files) == {"a", "d"}
+
+
+def test_every_new_property_reaches_the_model():
+    ws = parse(
+        r"""
+        #WATCHER name=h pattern="host=(\S+) down" captures=[host] threshold=5/60 track_by=host suppress=10m
+        #WATCHER name=t1 multiline=python_traceback max_lines=200 record_timeout=2s
+        #WATCHER name=blk pattern="^BEGIN" end_pattern="^END"
+        #WATCHER name=s trigger=stale timeout=20m require_alive=true max_cpu=5 grace=30m interval=7 output_type=both
+        #WATCHER name=e trigger=job_end condition="int(exit_code) != 0"
+        #WATCHER name=t trigger=time_limit before=10m signal=SIGUSR2
+        #WATCHER name=t0 trigger=time_limit before=1h signal=none
+        #WATCHER name=m trigger=memory fraction=90% limit=8G interval=30s max_triggers=2 rate_limit=1/h
+        #WATCHER name=g probe="nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits" pattern="^(\d+)" captures=[util] condition="int(util) < 5" threshold=3/15m track_by=$1 suppress=1h interval=5m probe_timeout=20s timer_mode_enabled=true max_triggers=3
+        """
+    )
+    by = {w.name: w for w in ws}
+    assert by["h"].throttle == Throttle(RateLimit(5, 60.0), "${host}", 600.0)
+    start, end = MULTILINE_PRESETS["python_traceback"]
+    assert by["t1"].trigger == RegexTrigger(
+        start, multiline=MultiLine(end, 200, 2.0, "python_traceback"))
+    assert by["blk"].trigger == RegexTrigger("^BEGIN", multiline=MultiLine("^END"))
+    assert by["s"].trigger == StaleTrigger(1200.0, True, 5.0, 1800.0)
+    assert by["s"].interval == 7.0 and by["s"].output_type == "both"
+    assert by["e"].trigger == JobEndTrigger("int(exit_code) != 0")
+    assert by["t"].trigger == TimeLimitTrigger(600.0, "USR2")
+    assert by["t0"].trigger == TimeLimitTrigger(3600.0, None)
+    assert by["m"].trigger == MemoryTrigger(0.9, 8 << 30, 30.0)
+    assert (by["m"].max_triggers, by["m"].rate_limit) == (2, RateLimit(1, 3600.0))
+    g = by["g"]
+    assert g.source == Source(probe="nvidia-smi --query-gpu=utilization.gpu "
+                              "--format=csv,noheader,nounits", probe_interval=300.0,
+                              probe_timeout=20.0)
+    assert g.trigger == RegexTrigger(r"^(\d+)", ("util",), "int(util) < 5")
+    assert g.throttle == Throttle(RateLimit(3, 900.0), "$1", 3600.0)
+    assert (g.timer_interval, g.max_triggers, g.interval) == (30.0, 3, None)
+
+
+def test_block_form_of_the_new_properties():
+    w = one(
+        """
+        #WATCHER_BEGIN
+        # name: tb
+        # multiline: python_traceback  # a preset
+        # end_pattern: "^(\\w+Error|KeyboardInterrupt)"
+        # max_lines: 50
+        # threshold: 3/10m
+        # suppress: 30m
+        # actions:
+        #   - notify_email(subject="Traceback", message="$RECORD ($SUPPRESSED held back)")
+        #WATCHER_END
+        """
+    )
+    assert w.trigger == RegexTrigger(
+        MULTILINE_PRESETS["python_traceback"][0],
+        multiline=MultiLine(r"^(\w+Error|KeyboardInterrupt)", 50, 5.0, "python_traceback"),
+    )
+    assert w.throttle == Throttle(RateLimit(3, 600.0), None, 1800.0)
+
+
+def test_trigger_variables_are_known_where_they_exist(tmp_path):
+    """The variables the engine gives each trigger ($RECORD for multi-line records,
+    $SUPPRESSED/$COUNT/$KEY when throttled, $EXIT_CODE, $TIME_LEFT, $RSS_BYTES,
+    $CPU_PERCENT, $PROBE) draw no unknown-variable warning there, and do elsewhere."""
+    p = tmp_path / "job.sh"
+    p.write_text(
+        '#WATCHER name=a multiline=python_traceback action=log(message="$RECORD_LINES $RECORD")\n'
+        '#WATCHER name=b pattern=x suppress=1m action=log(message="$SUPPRESSED $COUNT $KEY")\n'
+        '#WATCHER name=c trigger=job_end action=log(message="$EXIT_CODE $exit_code")\n'
+        '#WATCHER name=d pattern=x action=log(message="$RECORD")\n'
+        '#WATCHER name=e trigger=time_limit before=1m action=log(message="$TIME_LEFT $SIGNAL")\n'
+        '#WATCHER name=f trigger=memory fraction=0.5 action=log(message="$RSS_BYTES $FRACTION")\n'
+        '#WATCHER name=g trigger=stale timeout=1 action=log(message="$CPU_PERCENT")\n'
+        '#WATCHER name=h probe=ls pattern=x action=log(message="$PROBE $TIME_LEFT")\n'
+    )
+    d = load_script_details(str(p), environ={}, cwd=str(tmp_path), proc_root=None)
+    warned = {w.watcher for w in d.warnings}
+    assert warned == {"d", "h"}  # $RECORD without a record; $TIME_LEFT in a probe
+
+
+@pytest.mark.parametrize(
+    "text, line, fragment, hint",
+    [
+        ("#WATCHER pattern=x timeout=20m\n", 1,
+         "timeout is not a property of trigger=line watchers (trigger=line is the default)",
+         "write trigger=stale, or remove timeout; an action's own time limit"),
+        ("#WATCHER trigger=stale timeout=1m pattern=x\n", 1,
+         "pattern is not a property of trigger=stale watchers",
+         "pattern is for trigger=line or trigger=probe watchers: remove pattern"),
+        ("#WATCHER trigger=stale timeout=1m captures=[a]\n", 1, "captures is not a property",
+         "remove captures"),
+        ("#WATCHER trigger=job_end output_type=both\n", 1,
+         "output_type is not a property of trigger=job_end watchers", "remove output_type"),
+        ("#WATCHER trigger=memory fraction=0.5 pattern=x\n", 1, "pattern is not a property",
+         None),
+        ("#WATCHER trigger=time_limit before=1m captures=[x]\n", 1, "captures is not", None),
+        ("#WATCHER trigger=job_end max_triggers=1\n", 1, "max_triggers is not a property",
+         "fires at most once"),
+        ("#WATCHER trigger=time_limit before=1m rate_limit=1/min\n", 1, "rate_limit is not",
+         "fires at most once"),
+        ("#WATCHER trigger=job_end interval=5\n", 1, "interval is not a property", None),
+        ("#WATCHER probe=ls pattern=x output_type=both\n", 1,
+         "output_type is not a property of trigger=probe watchers (probe= makes a probe watcher)",
+         None),
+        ("#WATCHER probe=ls pattern=x multiline=python_traceback\n", 1,
+         "multiline is not a property of trigger=probe", "is for trigger=line watchers"),
+        ("#WATCHER pattern=x before=10m\n", 1, "before is not a property",
+         "write trigger=time_limit"),
+        ("#WATCHER pattern=x fraction=0.9\n", 1, "fraction is not", "write trigger=memory"),
+        ("#WATCHER trigger=line probe=ls pattern=x\n", 1,
+         "probe is not a property of trigger=line watchers", "remove probe"),
+        ("#WATCHER trigger=hang\n", 1, "unknown trigger 'hang'", "triggers: line, stale"),
+        ("#WATCHER trigger=stal timeout=1\n", 1, "unknown trigger", "did you mean stale?"),
+        ("#WATCHER trigger=memory fraction=0.5 bogus=1\n", 1, "unknown key 'bogus'",
+         "keys of trigger=memory: name, trigger"),
+        ("#WATCHER trigger=stale\n", 1, "timeout is missing", "timeout=20m"),
+        ("#WATCHER trigger=time_limit\n", 1, "before is missing", "before=10m"),
+        ("#WATCHER trigger=memory\n", 1, "fraction is missing", "fraction=0.9"),
+        ("#WATCHER trigger=probe pattern=x\n", 1, "probe is missing", 'probe="COMMAND"'),
+        ("#WATCHER probe=ls\n", 1, "pattern is missing", None),
+        ("#WATCHER probe=\"\" pattern=x\n", 1, "probe is empty", "/bin/sh command"),
+        ("#WATCHER trigger=stale timeout=soon\n", 1, "timeout must be a number of seconds", None),
+        ("#WATCHER trigger=stale timeout=1m max_cpu=lots\n", 1, "max_cpu must be a number",
+         "percent of one core"),
+        ("#WATCHER trigger=stale timeout=1m max_cpu=-1\n", 1, "max_cpu must be at least 0",
+         None),
+        ("#WATCHER trigger=stale timeout=1m grace=0\n", 1, "grace must be more than 0", None),
+        ("#WATCHER trigger=stale timeout=1m require_alive=maybe\n", 1, "true or false", None),
+        ("#WATCHER trigger=stale timeout=1m max_cpu=5 require_alive=no\n", 1,
+         "max_cpu is given but require_alive is false", "remove require_alive=false"),
+        ("#WATCHER trigger=job_end condition=\"int(code) != 0\"\n", 1,
+         "condition uses 'code': a job_end condition can only use exit_code",
+         "int(exit_code) != 0"),
+        ("#WATCHER trigger=time_limit before=1m signal=KILL\n", 1,
+         "signal KILL cannot be used here: it cannot be caught", "signal=none"),
+        ("#WATCHER trigger=time_limit before=1m signal=10\n", 1, "signal 10 is USR1", None),
+        ("#WATCHER trigger=time_limit before=1m signal=BOGUS\n", 1, "is not a signal name",
+         None),
+        ("#WATCHER trigger=time_limit before=0\n", 1, "before must be more than 0 seconds",
+         None),
+        ("#WATCHER trigger=memory fraction=1.5\n", 1, "fraction must be more than 0 and at most 1",
+         "90%"),
+        ("#WATCHER trigger=memory fraction=0\n", 1, "fraction must be more than 0", None),
+        ("#WATCHER trigger=memory fraction=lots\n", 1, "fraction must be a number", None),
+        ("#WATCHER trigger=memory fraction=0.5 limit=4096\n", 1,
+         "limit '4096' is 4.0 KiB: below 1 MiB", "did you mean limit=4096M?"),
+        ("#WATCHER trigger=memory fraction=0.5 limit=8Q\n", 1, "limit: '8Q' is not a size",
+         "job's own limit"),
+        ("#WATCHER trigger=memory fraction=0.5 interval=0\n", 1, "interval must be more than 0",
+         None),
+        ("#WATCHER pattern=x max_lines=5\n", 1,
+         "max_lines is set but the watcher gathers no multi-line record", "end_pattern=REGEX"),
+        ("#WATCHER pattern=x record_timeout=5s\n", 1, "record_timeout is set", None),
+        ("#WATCHER multiline=python_tb\n", 1, "multiline: unknown preset 'python_tb'",
+         "did you mean python_traceback?"),
+        ("#WATCHER pattern=x end_pattern=(\n", 1, "end_pattern is not a valid regex", None),
+        ("#WATCHER pattern=x end_pattern=\"\"\n", 1, "end_pattern is empty", None),
+        ("#WATCHER multiline=python_traceback max_lines=0\n", 1, "max_lines must be at least 1",
+         None),
+        ("#WATCHER multiline=python_traceback max_lines=100001\n", 1,
+         "max_lines must be at most 100000", None),
+        ("#WATCHER end_pattern=x\n", 1, "pattern is missing", None),
+        ("#WATCHER pattern=x threshold=many\n", 1,
+         "threshold must look like 10/60 (10 matches per 60 s)", None),
+        ("#WATCHER pattern=x threshold=0/60\n", 1, "threshold must look like", None),
+        ("#WATCHER pattern=x suppress=0\n", 1, "suppress must be more than 0 seconds", None),
+        ("#WATCHER pattern=(a) track_by=$2 threshold=5/60\n", 1,
+         "track_by uses $2, which is not a capture or a group of the pattern",
+         "the pattern has 1 group"),
+        ("#WATCHER pattern=(a) captures=[x] track_by=y threshold=5/60\n", 1,
+         "track_by uses $y", "captures: x"),
+        ("#WATCHER pattern=(a) track_by=1\n", 1,
+         "track_by is given without threshold or suppress", "threshold=5/60"),
+        ("#WATCHER pattern=(a) track_by=\"a b\" suppress=1m\n", 1, "refers to no variable",
+         None),
+        # absurd numbers are refused with a message, never a traceback
+        ("#WATCHER pattern=x rate_limit=" + "9" * 5000 + "/60\n", 1, "is too large", None),
+        ("#WATCHER pattern=x threshold=" + "9" * 50 + "/60\n", 1, "is too large", None),
+        ("#WATCHER pattern=x interval=" + "9" * 400 + "\n", 1, "interval is too large", None),
+        ("#WATCHER trigger=stale timeout=1 max_cpu=1e999\n", 1, "max_cpu is too large", None),
+    ],
+)
+def test_new_property_problems(text, line, fragment, hint):
+    """Each mistake with a new property: one problem, its line, the watcher, a fix."""
+    p = one_problem(text)
+    assert fragment in p.message, str(p)
+    assert p.line == line and p.watcher == "#WATCHER at line 1", str(p)
+    if hint:
+        assert p.hint and hint in p.hint, str(p)
+
+
+def test_block_properties_that_do_not_belong_point_at_their_line():
+    ps = problem_list(
+        "#WATCHER_BEGIN\n# name: end\n# trigger: job_end\n# pattern: x\n# output_type: both\n"
+        "#WATCHER_END\n"
+    )
+    assert [(p.line, p.watcher) for p in ps] == [(4, "end"), (5, "end")]
+
+
+@pytest.mark.parametrize("written, template", [
+    ("$1", "$1"), ("1", "$1"), ("host", "${host}"), ("${host}", "${host}"),
+    ("$host:$FILE", "$host:$FILE"), ("lvl", "${lvl}"), ("$0", "$0"), ("MATCH", "${MATCH}"),
+])
+def test_track_by_template_forms(written, template):
+    """Shared by both front ends: a bare capture name or group number becomes a reference."""
+    assert track_by_template(written, ["host"], ["lvl"], 2) == template
+
+
+@pytest.mark.parametrize("written", ["", " ", "a b", "$$", "nope", "$3", "${x}"])
+def test_track_by_template_refusals(written):
+    with pytest.raises(TrackByError) as ei:
+        track_by_template(written, ["host"], [], 2)
+    assert ei.value.hint
+
+
+def test_toml_and_watcher_lines_give_equal_models_for_equal_intent(tmp_path):
+    """The same watchers written both ways give equal triggers, throttles, limits, actions
+    and (for probes and job watchers) sources."""
+    from sidecar.config import load_config_text
+
+    ws = {w.name: w for w in parse(
+        r"""
+        #WATCHER name=h pattern="host=(\S+) down" captures=[host] threshold=5/1m track_by=host suppress=10m rate_limit=none
+        #WATCHER name=tb multiline=python_traceback max_lines=50 record_timeout=2s rate_limit=none
+        #WATCHER name=s trigger=stale timeout=20m max_cpu=5 grace=30m rate_limit=none
+        #WATCHER name=g probe="nvidia-smi -q" pattern="^(\d+)" captures=[util] condition="int(util) < 5" threshold=3/15m interval=5m probe_timeout=20s rate_limit=none
+        #WATCHER name=e trigger=job_end condition="int(exit_code) != 0"
+        #WATCHER name=t trigger=time_limit before=10m signal=SIGUSR2
+        #WATCHER name=t0 trigger=time_limit before=10m signal=none
+        #WATCHER name=m trigger=memory fraction=0.9 limit=8G interval=30s rate_limit=none
+        """
+    )}
+    cfg = load_config_text(textwrap.dedent(r"""
+        [[regex_actions]]
+        name = "h"
+        filepath_regex = 'x'
+        line_regex = 'host=(\S+) down'
+        captures = ["host"]
+        threshold = "5/60s"
+        track_by = "${host}"
+        suppress = 600
+        actions = [{type = "log_event"}]
+        [[regex_actions]]
+        name = "tb"
+        filepath_regex = 'x'
+        multiline = {preset = "python_traceback", max_lines = 50, timeout = 2}
+        actions = [{type = "log_event"}]
+        [[stale_file_actions]]
+        name = "s"
+        filepath_regex = 'x'
+        timeout = 1200
+        max_cpu = 5
+        grace = 1800
+        actions = [{type = "log"}]
+        [[probe_actions]]
+        name = "g"
+        probe = "nvidia-smi -q"
+        interval = 300
+        probe_timeout = 20
+        line_regex = '^(\d+)'
+        captures = ["util"]
+        condition = "int(util) < 5"
+        threshold = {count = 3, per = 900}
+        actions = [{type = "log_event"}]
+        [[job_end_actions]]
+        name = "e"
+        condition = "int(exit_code) != 0"
+        actions = [{type = "log_event"}]
+        [[time_limit_actions]]
+        name = "t"
+        before = 600
+        signal = "USR2"
+        actions = [{type = "log_event"}]
+        [[time_limit_actions]]
+        name = "t0"
+        before = 600
+        signal = false
+        actions = [{type = "log_event"}]
+        [[memory_actions]]
+        name = "m"
+        fraction = 0.9
+        limit = "8GiB"
+        interval = 30
+        actions = [{type = "log_event"}]
+    """), "c.toml", check_dirs=False)
+    ts = {w.name: w for w in cfg.watchers}
+    assert set(ts) == set(ws)
+    for name, w in ws.items():
+        t = ts[name]
+        assert t.trigger == w.trigger, name
+        assert t.throttle == w.throttle, name
+        assert (t.rate_limit, t.max_triggers, t.max_failures, t.timer_interval) == (
+            w.rate_limit, w.max_triggers, w.max_failures, w.timer_interval), name
+        assert t.actions == w.actions, name
+        if name in ("g", "e", "t", "t0", "m"):
+            assert t.source == w.source, name
+
+
+_NEW_PIECES = st.sampled_from([
+    "#WATCHER ", "#WATCHER_BEGIN\n", "#WATCHER_END\n", "\n", "# ", " ", "=", ":", '"',
+    "trigger", "stale", "job_end", "time_limit", "memory", "probe", "line", "timeout",
+    "require_alive", "max_cpu", "grace", "before", "signal", "fraction", "limit", "interval",
+    "probe_timeout", "threshold", "track_by", "suppress", "multiline", "python_traceback",
+    "end_pattern", "max_lines", "record_timeout", "pattern", "captures", "condition",
+    "(\\d+)", "$1", "${x}", "x", "10m", "5/60", "USR1", "KILL", "none", "0.9", "90%", "8G",
+    "4096", "-1", "0", "true", "exit_code", "int(exit_code) != 0", "[x]", "ls -l",
+])
+
+
+@settings(max_examples=1500, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.lists(_NEW_PIECES, max_size=30).map("".join))
+def test_fuzz_new_properties_raise_only_config_error(text):
+    """Whatever the new properties say, parse_watchers returns watchers or a ConfigError
+    whose problems all have a message."""
+    try:
+        ws = parse_watchers(text, "f.sh", environ=JOB, proc_root=None)
+    except ConfigError as exc:
+        assert exc.problems and all(p.message for p in exc.problems)
+        return
+    for w in ws:
+        assert isinstance(w, Watcher) and w.actions
+
+
+def test_check_command_line_on_a_script_with_new_triggers(tmp_path, monkeypatch, capsys):
+    """`sidecar check job.sh` describes the new triggers and exits 0; a property of the
+    wrong trigger exits 2 with file:line [watcher]: message (fix)."""
+    from sidecar.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SBATCH_OUTPUT", "SBATCH_ERROR"):
+        monkeypatch.delenv(k, raising=False)
+    good = tmp_path / "job.sh"
+    good.write_text(
+        "#!/bin/bash\n"
+        "#WATCHER name=hang trigger=stale timeout=20m max_cpu=5\n"
+        "#WATCHER name=tl trigger=time_limit before=10m\n"
+        "#WATCHER name=mem trigger=memory fraction=0.9\n"
+        '#WATCHER name=gpu probe="nvidia-smi" pattern="(\\d+)" threshold=5/60 track_by=1\n'
+        "#WATCHER name=tb multiline=python_traceback\n"
+    )
+    assert main(["check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "stale after 1200s without a write, require alive, max cpu 5%" in out
+    assert "time limit: 600s before the end, or on SIGUSR1" in out
+    assert "memory >= 90% of limit (from SLURM/cgroup at run time), every 10s" in out
+    assert "probe: nvidia-smi every 60s (time limit 30s)" in out
+    assert "threshold 5/60s per $1" in out
+    assert "multi-line: python_traceback (max 100 lines, 5s)" in out
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/bash\n#WATCHER name=e trigger=job_end pattern=x\n")
+    assert main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2 [e]: pattern is not a property of trigger=job_end watchers (" in err
+
+
+def test_regex_future_warnings_are_not_printed(recwarn):
+    """A pattern Python's re warns about ("Possible nested set") loads without a warning
+    reaching the user (library code never prints)."""
+    import uuid
+
+    fresh = uuid.uuid4().hex  # re caches compiled patterns: a new one warns again
+    w = one(f'#WATCHER pattern="[[{fresh}]x" end_pattern="[[{fresh}]y"\n')
+    assert trig(w).pattern.startswith("[[")
+    assert not [r for r in recwarn if issubclass(r.category, FutureWarning)]

@@ -57,7 +57,11 @@ def _acted(d: Path) -> Counter[int]:
 def _log_daemon(tmp: Path, log_rel: str, extra: str = "") -> Daemon:
     (tmp / "w").mkdir(exist_ok=True)
     (tmp / "c.toml").write_text(
-        f'event_log = "{log_rel}"\nstate_file = "st/state.json"\n' + extra + HITS
+        # bursts of hundreds of firings: room for all their actions (the queue's own
+        # limit, queue_full, is not what these tests are about)
+        f'event_log = "{log_rel}"\nstate_file = "st/state.json"\nqueue_length = 100000\n'
+        + extra
+        + HITS
     )
     return Daemon(tmp, ["c.toml"], ready=lambda: (tmp / "st" / "state.json").exists())
 
