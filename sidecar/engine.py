@@ -1517,14 +1517,17 @@ class Engine:
 
     def _tree_sample(self) -> Any:
         """CPU, memory and liveness of the job's processes: the followed process (--pid,
-        the wrapped command, else the sidecar's parent) and its descendants, the sidecar
-        and its actions left out. None when it cannot be known."""
+        the wrapped command, else the sidecar's parent) and its descendants, and in a SLURM
+        job the processes of its steps (srun tasks), the sidecar and its actions left out.
+        Liveness is the followed process's. None when it cannot be known."""
         root = self.follow_pid or os.getppid()
         try:
             if self._job_tree is None or self._job_tree_root != root:
                 from sidecar.jobinfo import ProcessTree
 
-                self._job_tree = ProcessTree(root, exclude=(os.getpid(),), clock=self.clock)
+                self._job_tree = ProcessTree(
+                    root, exclude=(os.getpid(),), clock=self.clock, job_id=self.ctx.job_id
+                )
                 self._job_tree_root = root
             return self._job_tree.sample()
         except Exception as exc:

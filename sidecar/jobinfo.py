@@ -152,8 +152,13 @@ class ProcessTree:
         *,
         exclude: Iterable[int] = (),
         clock: Callable[[], float] = time.monotonic,
+        job_id: Optional[str] = None,
     ) -> None:
         self.root_pid = int(root_pid)
+        # in a SLURM job: also the processes of its steps (``srun`` tasks run under
+        # slurmstepd, not under the batch script), found by SLURM_JOB_ID in their
+        # environment among this user's processes
+        self.job_id = job_id or None
         self.exclude: Set[int] = {int(p) for p in exclude}
         self._clock = clock
         self._root: Any = None  # psutil.Process once found; None = not yet / never
@@ -220,6 +225,9 @@ class ProcessTree:
             return False, {}, 0
         if root_info[5]:
             alive = False
+        extra_roots: List[int] = []
+        if self.job_id:
+            extra_roots = self._job_steps(psutil, info, gone_errors)
         # members: the root and its descendants, minus the excluded subtrees
         children_of: Dict[int, List[int]] = {}
         for pid, v in info.items():
@@ -228,6 +236,7 @@ class ProcessTree:
         curr: _Seen = {}
         rss = 0
         stack = [self.root_pid] if self.root_pid not in self.exclude else []
+        stack.extend(extra_roots)
         while stack:
             pid = stack.pop()
             if pid in curr:
@@ -243,6 +252,69 @@ class ProcessTree:
                 if c not in self.exclude:
                     stack.append(c)
         return alive, curr, rss
+
+    def _job_steps(
+        self,
+        psutil: Any,
+        info: Dict[int, Tuple[Any, float, int, float, float, bool]],
+        gone_errors: Any,
+    ) -> List[int]:
+        """Processes of the job outside the root's tree (its ``srun`` steps): this user's
+        processes whose environment says SLURM_JOB_ID = the job, with their descendants,
+        added to ``info``. The excluded subtrees (the sidecar, its actions) stay out."""
+        uid = os.getuid()
+        procs: Dict[int, Any] = {}
+        parent: Dict[int, int] = {}
+        for p in psutil.process_iter(["ppid", "uids"]):
+            try:
+                pinfo = p.info
+                parent[p.pid] = int(pinfo["ppid"] or 0)
+                uids = pinfo["uids"]
+                if uids is not None and uids.real == uid:
+                    procs[p.pid] = p
+            except gone_errors:
+                continue
+
+        def excluded(pid: int) -> bool:
+            hops = 0
+            while pid > 1 and hops < 1000:
+                if pid in self.exclude:
+                    return True
+                pid = parent.get(pid, 0)
+                hops += 1
+            return False
+
+        roots: List[int] = []
+        for pid, p in procs.items():
+            if pid in info or excluded(pid):
+                continue
+            try:
+                env = p.environ()
+            except gone_errors:
+                continue
+            except OSError:
+                continue
+            if env.get("SLURM_JOB_ID") != self.job_id and env.get("SLURM_JOBID") != self.job_id:
+                continue
+            try:
+                members = [p, *p.children(recursive=True)]
+            except gone_errors:
+                continue
+            for q in members:
+                if q.pid in info or excluded(q.pid):
+                    continue
+                try:
+                    with q.oneshot():
+                        ppid = int(q.ppid())
+                        ct = q.cpu_times()
+                        ctime = float(q.create_time())
+                        zombie = q.status() == psutil.STATUS_ZOMBIE
+                except gone_errors:
+                    continue
+                reaped = float(ct.children_user + ct.children_system)
+                info[q.pid] = (q, ctime, ppid, float(ct.user + ct.system) + reaped, reaped, zombie)
+            roots.append(pid)
+        return roots
 
 
 # ---------------------------------------------------------------------------- memory limit

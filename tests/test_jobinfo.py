@@ -650,3 +650,38 @@ def test_run_failures_are_one_error_type(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(JobInfoError, match="no answer") as ei:
         jobinfo._run(["sleep", "5"])
     assert ei.value.timed_out
+
+
+def test_job_steps_outside_the_tree_count_as_the_job(tmp_path: Path) -> None:
+    """In a SLURM job, `srun` tasks run under slurmstepd, not under the batch script: with
+    job_id given, this user's processes whose environment carries that SLURM_JOB_ID count
+    as the job's (a busy step makes the job busy), those of another job do not, and the
+    excluded subtree (the sidecar) stays out even though it carries the job id too."""
+    import subprocess
+    import sys
+    import time as _time
+
+    busy = "import time\nt=time.time()\nwhile time.time()-t<30: pass"
+    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    env = dict(os.environ, SLURM_JOB_ID="777001")
+    step = subprocess.Popen([sys.executable, "-c", busy], env=env)
+    other = subprocess.Popen([sys.executable, "-c", busy],
+                             env=dict(os.environ, SLURM_JOB_ID="999"))
+    me = subprocess.Popen([sys.executable, "-c", busy], env=env)
+    try:
+        tree = ProcessTree(root.pid, job_id="777001", exclude=(me.pid,))
+        a = tree.sample()
+        _time.sleep(0.6)
+        b = tree.sample()
+        assert b.nprocs == 2  # the root and the step
+        pct = cpu_percent(a, b)
+        assert pct is not None and pct > 40.0
+        plain = ProcessTree(root.pid)
+        a = plain.sample()
+        _time.sleep(0.3)
+        b = plain.sample()
+        assert b.nprocs == 1 and (cpu_percent(a, b) or 0.0) < 20.0
+    finally:
+        for p in (root, step, other, me):
+            p.kill()
+            p.wait()

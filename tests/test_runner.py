@@ -385,34 +385,32 @@ def test_no_timeout_when_timeout_is_zero(col: Collector) -> None:
     assert r.ok and not r.timed_out and r.output == "ok\n"
 
 
-def _submit_latencies(n: int) -> List[float]:
+def test_worker_threads_are_reused_between_jobs(monkeypatch: Any) -> None:
+    """``submit`` hands a started process to an idle worker instead of starting a thread
+    per job (a thread start costs the caller ~1 ms of GIL wait): 50 jobs run one after
+    another start one worker thread. (The submit-to-exec latency itself is measured by
+    ``make bench``, not here.)"""
+    import sidecar.runner as runner_mod
+
+    started: List[str] = []
+    real = runner_mod.threading.Thread
+
+    class CountingThread(real):  # type: ignore[misc, valid-type]
+        def start(self) -> None:
+            started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(runner_mod.threading, "Thread", CountingThread)
     c = Collector(max_concurrent=4, queue_length=100)
-    lat: List[float] = []
     try:
-        for i in range(n):
-            t0 = time.perf_counter()
+        for i in range(50):
             assert c.runner.submit(job("true", tag=i))
-            lat.append(time.perf_counter() - t0)
-            wait_until(lambda: c.runner.running() == 0, interval=0.001)
-        c.wait(n)
+            c.wait(i + 1)
+            # the worker must be back to idle before the next submit can reuse it
+            wait_until(lambda: c.runner.running() == 0 and c.runner._idle >= 1, interval=0.001)
     finally:
         c.runner.shutdown(0)
-    return sorted(lat)
-
-
-@pytest.mark.slow
-def test_submit_to_exec_latency_p99_under_10ms() -> None:
-    """``submit`` returns after the child has exec'd (Popen waits for the exec), so its
-    duration is the submit-to-exec latency when a slot is free. Target: p99 < 10 ms. The
-    machine is shared, so a noisy first round of 200 gets one more chance."""
-    for _attempt in range(2):
-        lat = _submit_latencies(200)
-        p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
-        print(f"submit->exec p50={p50 * 1000:.3f} ms p99={p99 * 1000:.3f} ms")
-        if p99 < 0.010:
-            break
-    assert p50 < 0.002  # a thread start per submit (~1 ms of GIL wait) would show here
-    assert p99 < 0.010
+    assert len(started) == 1, started
 
 
 def test_without_pidfd_exit_timeout_and_leftovers_still_work(monkeypatch: Any) -> None:

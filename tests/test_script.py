@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -492,14 +491,13 @@ def test_load_script_details_for_check(tmp_path):
     assert d.job is not None and d.files["a"][0].resolved
 
 
-def test_parse_speed():
-    """Parsing the seed's complete script takes well under 20 ms."""
+def test_parsing_is_repeatable():
+    """Parsing the seed's complete script twice gives equal watchers (no state kept between
+    parses). Its speed is part of the start-up figures of ``make bench``, not a test."""
     text = (FIXTURES / "s002_complete_script.sh").read_text()
-    parse_watchers(text, "s.sh", environ=JOB, proc_root=None)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        parse_watchers(text, "s.sh", environ=JOB, proc_root=None)
-    assert (time.perf_counter() - t0) / 20 < 0.02
+    a = parse_watchers(text, "s.sh", environ=JOB, proc_root=None)
+    b = parse_watchers(text, "s.sh", environ=JOB, proc_root=None)
+    assert a == b
 
 
 # --------------------------------------------------------------------------- fuzzing
