@@ -1586,7 +1586,7 @@ class Engine:
         directory = st.directory if st else None
         if not tr.path:
             extra["never_appeared"] = True
-            directory = w.source.directory
+            directory = os.path.normpath(os.path.join(self.cwd, w.source.directory))
             if w.source.paths:
                 p0 = w.source.paths[0]
                 file = p0 if os.path.isabs(p0) else os.path.join(self.cwd, w.source.directory, p0)
@@ -1724,6 +1724,7 @@ class Engine:
         if signame:
             variables["SIGNAL"] = captures["signal"] = signame
             extra["signal"] = signame
+        variables.update((k, v or "") for k, v in captures.items())  # $time_left too
         self._fire(name, "time_limit", captures=captures, variables=variables, extra=extra)
 
     def _memory_due(self, now: float) -> None:

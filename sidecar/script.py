@@ -154,7 +154,9 @@ TRIGGER_VARIABLES: Mapping[str, Tuple[str, ...]] = {
     "probe": ("PROBE",),
 }
 #: ... of multi-line records, and of thresholds
-RECORD_VARIABLES: Tuple[str, ...] = ("RECORD", "RECORD_LINES")
+RECORD_VARIABLES: Tuple[str, ...] = ("RECORD", "RECORD_LINES") + tuple(
+    f"end{i}" for i in range(1, 10)  # the end line's groups
+)
 THROTTLE_VARIABLES: Tuple[str, ...] = ("COUNT", "SUPPRESSED", "KEY")
 TIME_LIMIT_SIGNAL = TimeLimitTrigger(before=1.0).signal  # the default signal
 MAX_RECORD_LINES = 100_000  # the most lines a multi-line record may be given
