@@ -341,6 +341,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for signum in early:
         if signum == signal.SIGHUP:
             engine.reload("SIGHUP")
+        elif signum in (signal.SIGUSR1, signal.SIGUSR2):
+            engine.deliver_signal(signum)
         else:
             engine.request_stop(f"signal {signal.Signals(signum).name}")
     log.info(
@@ -547,6 +549,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import signal
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, _note_early_signal)
+        # SLURM's time-limit warning (--signal=B:USR1@N) may come right at the job's start:
+        # it must not kill a sidecar still starting (USR1/USR2 terminate by default); it is
+        # handed to the time_limit watchers once they are up, and ignored without them
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, _note_early_signal)
     wrapped: List[str] = []
     if "--" in raw:

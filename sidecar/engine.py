@@ -198,7 +198,6 @@ class Engine:
         self.throttles: Dict[str, Any] = {}  # watcher -> throttle.ThrottleState
         self.gatherers: Dict[Tuple[str, str], Any] = {}  # (watcher, file) -> RecordGatherer
         self._armed: Set[str] = set()  # watchers whose job triggers were set up once
-        self._mem_where = ""
         self._build_runtimes()
 
     # ------------------------------------------------------------------ set-up
@@ -225,7 +224,8 @@ class Engine:
             if w.throttle is not None and w.name not in self.throttles:
                 from sidecar.throttle import ThrottleState
 
-                self.throttles[w.name] = ThrottleState(w.throttle)
+                # held-back counts ride on the key's next firing (SUPPRESSED), as swatch does
+                self.throttles[w.name] = ThrottleState(w.throttle, report_at_period_end=False)
             if isinstance(w.trigger, RegexTrigger) and w.trigger.multiline is not None:
                 self._multiline[w.name] = w.trigger.multiline
             src = w.source
@@ -497,6 +497,15 @@ class Engine:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
+
+    def deliver_signal(self, signum: int) -> None:
+        """A signal noted before the engine's handlers were in (the CLI's early handler):
+        acted on if a time_limit watcher listens for it, else ignored."""
+        if signum in self._tl_signals:
+            self._signals.append(signum)
+            self._wake()
+        else:
+            self.log.info("signal ignored: no watcher listens for it", signal=signum)
 
     def _wake(self) -> None:
         try:
@@ -1486,7 +1495,14 @@ class Engine:
                     )
                     continue
                 self._mem[w.name] = LevelWatch(w.name, t.interval, now)
-                self._mem_where = where
+                self._record(
+                    "info",
+                    watcher=w.name,
+                    trigger="memory",
+                    message=f"memory limit {limit / (1 << 20):.0f} MiB ({where}); fires at "
+                    f"{t.fraction:.0%} of it, sampled every {t.interval:g}s",
+                    extra={"limit_bytes": limit, "source": where},
+                )
             elif isinstance(t, TimeLimitTrigger):
                 want_end_time = want_end_time or w.name not in self._tl_fired
                 if t.signal:
@@ -1612,6 +1628,18 @@ class Engine:
                 continue
             value = None if code is None else str(code)
             captures: Dict[str, Optional[str]] = {"exit_code": value}
+            if value is None and rt.condition is not None:
+                self._record(
+                    "skipped",
+                    watcher=rt.name,
+                    trigger="job_end",
+                    reason="exit_status_unknown",
+                    message="the job's process ended but its exit status is unknown, so the "
+                    "condition cannot be judged: the status is known when the sidecar runs "
+                    "the work itself (sidecar CONFIG -- COMMAND)",
+                    extra={"pid": self.follow_pid},
+                )
+                continue
             ok, err = rt.condition_ok(captures)
             if err is not None:
                 self._record(

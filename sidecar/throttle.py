@@ -22,10 +22,12 @@ fires for it (:class:`Decision`). The rules, in the order they are applied:
    never counted as suppressed, whether or not a suppression period runs).
 
 Held-back counts are reported exactly once: with the key's next firing, or, when its
-suppression period ends without one, by :meth:`ThrottleState.take_expired` (the engine calls
-it at :meth:`ThrottleState.deadline`), or at stop by :meth:`ThrottleState.take_all`. Calling
+suppression period ends without one, by :meth:`ThrottleState.take_expired` (called at
+:meth:`ThrottleState.deadline`), or at stop by :meth:`ThrottleState.take_all`. Calling
 ``take_expired`` does not change which matches fire; it only moves the report of a held-back
-count from the next firing to the end of the period.
+count from the next firing to the end of the period. The engine builds its states with
+``report_at_period_end=False``: a held-back count always waits for the key's next firing
+(``SUPPRESSED``), or the stop; ``take_expired`` then gives only evicted keys' counts.
 
 Memory stays bounded: at most ``max_keys`` keys are kept. When a new key would exceed it,
 keys that hold nothing any more are forgotten first, else the least recently offered key is
@@ -79,7 +81,12 @@ class _Key:
 class ThrottleState:
     """The threshold/suppression state of one watcher. See the module docstring."""
 
-    def __init__(self, throttle: Throttle, *, max_keys: int = 10_000) -> None:
+    def __init__(
+        self, throttle: Throttle, *, max_keys: int = 10_000, report_at_period_end: bool = True
+    ) -> None:
+        # False (the engine's choice): a held-back count waits for its key's next firing
+        # (or the stop); only evicted keys' counts come from take_expired
+        self._report_at_end = report_at_period_end
         th = throttle.threshold
         self._count = max(1, int(th.count)) if th is not None else 1
         self._per = float(th.per_s) if th is not None else 0.0
@@ -126,7 +133,7 @@ class ThrottleState:
         if self._suppress:
             if k.fired_at is not None and now < k.fired_at + self._suppress:
                 k.held += 1
-                if k.held == 1:
+                if k.held == 1 and self._report_at_end:
                     heapq.heappush(self._due, (k.fired_at + self._suppress, key))
                 return Decision(False, SUPPRESSED, key, count, 0)
             held, k.held, k.fired_at = k.held, 0, now

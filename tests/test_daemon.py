@@ -348,3 +348,44 @@ def test_following_a_process_that_is_already_gone_stops_at_once(tmp_path: Path) 
     assert r.returncode == 0 and time.monotonic() - t0 < 1.9
     rs = recs(tmp_path / "sidecar-events.jsonl")
     assert [x["kind"] for x in rs if x["kind"] in ("match", "stop")] == ["match", "stop"]
+
+
+def test_time_limit_signal_during_start_up_is_not_lost(tmp_path: Path) -> None:
+    """SLURM's warning signal (--signal=B:USR1@N) may come right as the job starts: a
+    SIGUSR1 sent while the sidecar is still starting neither kills it nor is lost (its
+    time_limit watcher fires once ready); a sidecar without such a watcher ignores it."""
+    (tmp_path / "c.toml").write_text(
+        '[[time_limit_actions]]\nname = "ckpt"\nbefore = 600\n'
+        'cmd = "echo $SIGNAL >> fired.txt"\n'
+    )
+    (tmp_path / "plain.toml").write_text(
+        '[[regex_actions]]\nfilepath_regex = "\\\\.log$"\nline_regex = "A"\ncmd = "true"\n'
+    )
+
+    def catches(pid: int, sig: int) -> bool:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+        except OSError:
+            pass
+        return False
+
+    for cfg in ("c.toml", "plain.toml"):
+        log = tmp_path / f"{cfg}.jsonl"
+        p = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", cfg, "--no-follow", "--nice", "0",
+             "--events", str(log)],
+            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        )
+        wait_until(lambda p=p: catches(p.pid, signal.SIGUSR1), timeout=10, interval=0.001)  # type: ignore[misc]
+        p.send_signal(signal.SIGUSR1)  # most likely before the engine is up
+        wait_until(lambda log=log: any(r["kind"] == "start" for r in recs(log)), timeout=20)  # type: ignore[misc]
+        if cfg == "c.toml":
+            wait_until(lambda: (tmp_path / "fired.txt").exists(), timeout=10)
+        time.sleep(0.3)
+        assert p.poll() is None, "SIGUSR1 must not kill the sidecar"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+    assert (tmp_path / "fired.txt").read_text().split() == ["SIGUSR1"]

@@ -273,6 +273,8 @@ def test_memory_fires_once_when_the_job_passes_its_fraction(
     rss, lim, frac = lines[0].split()
     assert int(rss) >= limit // 2 and int(lim) == limit and 0.5 <= float(frac) < 0.95
     assert not r.recs("match", watcher="almost_full")
+    info = [x for x in r.recs("info") if x.get("watcher") == "half"]
+    assert info and info[0]["extra"] == {"limit_bytes": limit, "source": "given in the config"}
 
 
 def test_memory_without_a_limit_says_so(tmp_path: Path, running: List[Running]) -> None:
@@ -670,3 +672,72 @@ def test_a_huge_record_still_runs_its_command(tmp_path: Path, running: List[Runn
     assert 100_000 <= n <= 100_100
     acts = r.recs("action", watcher="big")
     assert acts and acts[0]["ok"] is True
+
+
+def test_the_next_firing_carries_the_suppressed_count(
+    tmp_path: Path, running: List[Running]
+) -> None:
+    """suppress 0.5 s: a repeat within the period is held back; the first one after it
+    fires with SUPPRESSED = the number held back, even when it comes long after."""
+    from sidecar.model import Throttle
+
+    log = tmp_path / "job.out"
+    log.write_text("")
+    out = tmp_path / "fired.txt"
+    r = start(
+        tmp_path,
+        [
+            Watcher(
+                "oom",
+                Source(filepath_regex=r"^job\.out$"),
+                RegexTrigger(r"out of memory"),
+                (run(f'echo "$SUPPRESSED" >> {out}'),),
+                throttle=Throttle(suppress=0.5),
+            )
+        ],
+        running,
+    )
+    with log.open("a") as fh:
+        fh.write("out of memory 1\nout of memory 2\nout of memory 3\n")
+    wait_until(lambda: out.exists() and out.read_text().split() == ["0"], timeout=10)
+    time.sleep(1.2)  # the period ends with nothing reported
+    assert not r.recs("skipped", watcher="oom", reason="suppressed")
+    with log.open("a") as fh:
+        fh.write("out of memory 4\n")
+    wait_until(lambda: out.read_text().split() == ["0", "2"], timeout=10)
+
+
+def test_job_end_of_a_process_that_is_not_our_child(
+    tmp_path: Path, running: List[Running], children: List[Any]
+) -> None:
+    """Following a process that is not the sidecar's child (--pid), its exit status cannot
+    be known: a watcher without condition fires with EXIT_CODE empty; one with a condition
+    does not fire and a `skipped` record (reason exit_status_unknown) says how to get it."""
+    out = tmp_path / "code.txt"
+    p = spawn(children, "import time, sys; time.sleep(0.4); sys.exit(3)")
+    log = tmp_path / "events.jsonl"
+    eng = Engine(
+        Config(
+            (
+                Watcher("any", Source(), JobEndTrigger(), (run(f'echo "[$EXIT_CODE]" > {out}'),)),
+                Watcher("failed", Source(), JobEndTrigger(condition="int(exit_code) != 0"),
+                        (run("true"),)),
+            ),
+            Settings(event_log=str(log)),
+        ),
+        cwd=str(tmp_path),
+        environ={"PATH": os.environ["PATH"]},
+        install_signals=False,
+    )
+    eng.start()
+    eng.follow(p.pid)  # no exit status callable: as with --pid
+    t = threading.Thread(target=eng.run, daemon=True)
+    t.start()
+    r = Running(eng, t, log)
+    running.append(r)
+    t.join(15)
+    assert not t.is_alive()
+    assert out.read_text().strip() == "[]"
+    sk = r.recs("skipped", watcher="failed", reason="exit_status_unknown")
+    assert sk and "sidecar CONFIG -- COMMAND" in sk[0]["message"]
+    assert not r.recs("match", watcher="failed")

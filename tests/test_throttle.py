@@ -295,3 +295,19 @@ def test_bounded_memory_and_every_held_count_reported_once(
             reported += sum(n for _k, n in got)
     reported += sum(n for _k, n in s.take_all())
     assert held == reported + s.lost
+
+
+def test_engine_mode_carries_held_counts_to_the_next_firing() -> None:
+    """report_at_period_end=False: the period's end reports nothing; the key's next firing
+    carries every firing held back before it (SUPPRESSED), however late it comes; the stop
+    reports what no firing carried."""
+    from sidecar.model import Throttle
+
+    ts = ThrottleState(Throttle(suppress=10.0), report_at_period_end=False)
+    assert ts.offer("a", 0.0).fire
+    assert not ts.offer("a", 1.0).fire and not ts.offer("a", 2.0).fire
+    assert ts.deadline() is None and ts.take_expired(50.0) == []
+    d = ts.offer("a", 100.0)
+    assert d.fire and d.suppressed == 2
+    assert not ts.offer("a", 101.0).fire
+    assert ts.take_all() == [("a", 1)]
