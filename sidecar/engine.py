@@ -437,6 +437,7 @@ class Engine:
                     "offset": f.offset,
                     "lineno": f.lineno,
                     "fired_through": f.fired_through,
+                    "head": _head_hex(st, f),
                 }
         data = {
             "version": stmod.VERSION,
@@ -608,7 +609,11 @@ class Engine:
             position = None
             if res is not None:
                 res = _same_file_elsewhere(path, res)
-                position = TailPosition(res.dev, res.inode, res.offset, res.lineno)
+                try:
+                    head = bytes.fromhex(res.head)
+                except ValueError:
+                    head = b""
+                position = TailPosition(res.dev, res.inode, res.offset, res.lineno, head)
                 st.suppress = (res.lineno, res.fired_through)
             elif not existing:
                 position = self._renamed_position(path)
@@ -1272,8 +1277,15 @@ class Engine:
         if self._journal is not None:
             # before the actions start: a restart will not repeat them, nor forget the count
             try:
+                head = ""
+                if saved is not None and firing.file is not None:
+                    head = _head_hex(self.files[firing.file], saved)
                 self._journal.append(
-                    firing.file if saved is not None else None, saved, name, rt.trigger_count
+                    firing.file if saved is not None else None,
+                    saved,
+                    name,
+                    rt.trigger_count,
+                    head,
                 )
             except OSError as exc:
                 self.log.warning("cannot write the state journal", error=str(exc))
@@ -2124,8 +2136,20 @@ def _same_file_elsewhere(path: str, res: stmod.FileResume) -> stmod.FileResume:
     except OSError:
         return res
     if st.st_ino == res.inode and st.st_dev != res.dev and st.st_size >= res.offset:
-        return stmod.FileResume(st.st_dev, st.st_ino, res.offset, res.lineno, res.fired_through)
+        return stmod.FileResume(
+            st.st_dev, st.st_ino, res.offset, res.lineno, res.fired_through, res.head
+        )
     return res
+
+
+def _head_hex(st: _FileState, saved: stmod.FileResume) -> str:
+    """The first bytes of the file a saved position belongs to (if the tailer is on it)."""
+    if st.tailer is None:
+        return ""
+    try:
+        return bytes(st.tailer.head_of(saved.dev, saved.inode)).hex()
+    except Exception:
+        return ""
 
 
 def _stem(path: str) -> str:

@@ -35,6 +35,7 @@ class FileResume:
     offset: int
     lineno: int
     fired_through: int = 0  # lines up to this number (at this offset) have fired already
+    head: str = ""  # hex of the file's first bytes (tailer.HEAD_BYTES at most), "" = unknown
 
 
 def state_dir_for(event_log_path: Optional[str], cwd: str) -> str:
@@ -160,6 +161,7 @@ class Journal:
         res: Optional[FileResume],
         watcher: str,
         triggers: int,
+        head: str = "",
     ) -> None:
         self.seq += 1
         pos: List[Any] = (
@@ -167,7 +169,9 @@ class Journal:
             if res is not None
             else [0, 0, 0, 0, 0]
         )
-        line = json.dumps([self.seq, path, *pos, watcher, triggers], separators=(",", ":"))
+        line = json.dumps(
+            [self.seq, path, *pos, watcher, triggers, head], separators=(",", ":")
+        )
         if self._fd < 0:
             d = os.path.dirname(self.path)
             if d:
@@ -204,7 +208,9 @@ def apply_journal(data: Optional[Dict[str, Any]], path: str) -> Optional[Dict[st
     done = int((data or {}).get("journal_seq") or 0)
     for raw in lines:
         try:
-            seq, fpath, dev, ino, off, lineno, through, watcher, triggers = json.loads(raw)
+            item = json.loads(raw)
+            seq, fpath, dev, ino, off, lineno, through, watcher, triggers = item[:9]
+            head = str(item[9]) if len(item) > 9 else ""
             seq = int(seq)
         except (ValueError, TypeError):
             continue  # a line cut by a crash
@@ -220,6 +226,7 @@ def apply_journal(data: Optional[Dict[str, Any]], path: str) -> Optional[Dict[st
                 "offset": off,
                 "lineno": lineno,
                 "fired_through": through,
+                "head": head,
             }
         w = data.setdefault("watchers", {}).setdefault(str(watcher), {})
         if isinstance(w, dict):
@@ -242,6 +249,7 @@ def resume_positions(data: Mapping[str, Any]) -> Dict[str, FileResume]:
                 int(f["offset"]),
                 int(f["lineno"]),
                 int(f.get("fired_through", 0)),
+                str(f.get("head") or ""),
             )
         except (KeyError, TypeError, ValueError):
             continue

@@ -55,7 +55,7 @@ import errno
 import os
 import re
 import stat as _stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from sidecar.fsapi import OS_FS, FileSystem
@@ -84,6 +84,10 @@ class TailPosition:
     inode: int
     offset: int
     lineno: int
+    # the file's first bytes (up to HEAD_BYTES) as read: a saved position is taken up again
+    # only if the file still starts with them (a file truncated and written again past the
+    # saved offset while no sidecar ran is read from its start, not from the middle)
+    head: bytes = field(default=b"", compare=False)
 
 
 def _count_lines(data: bytes) -> int:
@@ -183,11 +187,18 @@ class Tailer:
     def position(self) -> TailPosition:
         if self._fd is None:
             return TailPosition(0, 0, 0, 1)
-        return TailPosition(self._dev, self._ino, self._off - len(self._buf), self._lineno)
+        return TailPosition(
+            self._dev, self._ino, self._off - len(self._buf), self._lineno, self._head
+        )
 
     def close(self) -> None:
         self._closed = True
         self._close_fd()
+
+    def head_of(self, dev: int, inode: int) -> bytes:
+        """The first bytes of the file (dev, inode) if it is the one this tailer read last
+        (also after :meth:`close`), else b''."""
+        return self._head if (self._dev, self._ino) == (dev, inode) and dev | inode else b""
 
     @property
     def is_open(self) -> bool:
@@ -242,6 +253,7 @@ class Tailer:
                 position is not None
                 and (position.dev, position.inode) == (st.st_dev, st.st_ino)
                 and 0 <= position.offset <= st.st_size
+                and self._starts_with(fd, position.head)
             ):
                 start = position.offset
                 self._lineno = max(1, position.lineno)
@@ -255,6 +267,18 @@ class Tailer:
             return False
         self._problem = None
         return True
+
+    def _starts_with(self, fd: int, head: bytes) -> bool:
+        if not head:
+            return True
+        self._fs.seek(fd, 0)
+        got = self._fs.read(fd, len(head))
+        self._fs.seek(fd, 0)
+        if got == head:
+            return True
+        _log.info("file rewritten since its position was saved: read from its start",
+                  file=self.path)
+        return False
 
     def _same_id(self, st: os.stat_result) -> bool:
         return self._ids_unreliable or (st.st_dev, st.st_ino) == (self._dev, self._ino)

@@ -741,3 +741,23 @@ def test_job_end_of_a_process_that_is_not_our_child(
     sk = r.recs("skipped", watcher="failed", reason="exit_status_unknown")
     assert sk and "sidecar CONFIG -- COMMAND" in sk[0]["message"]
     assert not r.recs("match", watcher="failed")
+
+
+def test_a_file_rewritten_while_no_sidecar_ran_is_read_from_its_start(
+    tmp_path: Path, running: List[Running]
+) -> None:
+    """A requeued job whose output was truncated and written again past the old read
+    position before the new sidecar started (same inode, longer file): the saved position
+    is not taken up (the file no longer starts with the bytes it had), every new line is
+    read."""
+    out = tmp_path / "job.out"
+    acted = tmp_path / "acted.txt"
+    out.write_text("run 0 starts\nERROR 1\n")
+    r0 = _regex_job(tmp_path, 0, running)
+    wait_until(lambda: acted.exists() and acted.read_text().split() == ["1"])
+    r0.stop()
+    with out.open("w") as fh:  # O_TRUNC: same inode
+        fh.write("ERROR 2\nERROR 3\nERROR 4, on a line past the old position\n")
+    r1 = _regex_job(tmp_path, 1, running)
+    wait_until(lambda: acted.read_text().split() == ["1", "2", "3", "4"])
+    assert r1.engine.restart_count == 1

@@ -21,7 +21,7 @@ def test_journal_alone_gives_positions_and_trigger_counts(tmp_path: Path) -> Non
     data = stmod.read_state(sp)
     assert data is not None
     assert data["files"]["/log/a"] == {
-        "dev": 1, "inode": 2, "offset": 100, "lineno": 7, "fired_through": 12
+        "dev": 1, "inode": 2, "offset": 100, "lineno": 7, "fired_through": 12, "head": ""
     }
     assert data["watchers"]["err"]["triggers"] == 2
     assert data["watchers"]["hang"]["triggers"] == 1
@@ -46,7 +46,7 @@ def test_lines_the_state_file_holds_are_not_applied_again(tmp_path: Path) -> Non
     data = stmod.read_state(sp)
     assert data is not None
     assert data["files"]["/log/a"] == {
-        "dev": 1, "inode": 2, "offset": 5000, "lineno": 80, "fired_through": 85
+        "dev": 1, "inode": 2, "offset": 5000, "lineno": 80, "fired_through": 85, "head": ""
     }
     assert data["watchers"]["err"]["triggers"] == 2
     j.clear()
