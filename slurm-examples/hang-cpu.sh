@@ -11,6 +11,8 @@
 #
 #   sbatch hang-cpu.sh        the work stops writing and sleeps:    a hang, cancelled
 #   sbatch hang-cpu.sh busy   the work stops writing but computes:  no hang, ends by itself
+#   sbatch hang-cpu.sh busy srun   the same, the work run as an `srun` step: its task runs
+#                             under slurmstepd, not under this script, and still counts
 #
 # The timeout is 3 s so that the example is quick; a real job would say timeout=20m.
 # Submit from a directory holding this script and fake_train.py.
@@ -35,7 +37,11 @@ fi
 
 # the work runs in the background; the sidecar follows it (--pid), samples its CPU, and
 # stops once it has ended, after acting on its last lines
-python3 fake_train.py hang --steps 3 --interval 0.1 $HOW &
+LAUNCH=""
+if [ "${2:-}" = srun ]; then
+    LAUNCH="srun --ntasks=1"     # a job step: the sidecar finds its task by SLURM_JOB_ID
+fi
+$LAUNCH python3 fake_train.py hang --steps 3 --interval 0.1 $HOW &
 WORK=$!
 sidecar --from-script "$0" --pid "$WORK" 2>"sidecar-$SLURM_JOB_ID.log" &
 SIDECAR=$!

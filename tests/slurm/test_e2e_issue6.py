@@ -50,6 +50,7 @@ SUBMISSIONS: Sequence[Tuple[str, str, Tuple[str, ...], Tuple[str, ...]]] = (
     ("tl_clock", "time-limit.sh", (), ("--signal=B:URG@1",)),
     ("hang", "hang-cpu.sh", (), ()),
     ("busy", "hang-cpu.sh", ("busy",), ()),
+    ("busy_srun", "hang-cpu.sh", ("busy", "srun"), ()),
     ("exit3", "job-end.sh", (), ()),
     ("exit0", "job-end.sh", ("0",), ()),
     ("memory", "memory.sh", (), ()),
@@ -244,6 +245,20 @@ def test_busy_silent_job_is_not_a_hang(jobs: Jobs, kill_on_failure: List[str]) -
     report("hang-cpu busy", last_write_to_first_skipped=first,
            cpu_percent=[s["extra"]["cpu_percent"] for s in skipped][0])
     assert 3.0 - 0.05 <= first < 4.5, first
+
+
+def test_busy_srun_step_is_not_a_hang(jobs: Jobs, kill_on_failure: List[str]) -> None:
+    """hang-cpu.sh busy srun: the work runs as an `srun` step, so its task is a child of
+    slurmstepd, not of the batch script (the sidecar follows the idle `srun` client). Its
+    CPU still counts (found by SLURM_JOB_ID among the user's processes): `skipped` records
+    with reason busy, no firing, the job COMPLETED."""
+    job = _job(jobs, "busy_srun", kill_on_failure)
+    wait_state(job, "COMPLETED", timeout=JOB_TIMEOUT)
+    recs = _stop_records(jobs, job)
+    assert not of_job(recs, job, "match"), "a busy srun step was taken for a hang"
+    skipped = of_job(recs, job, "skipped", watcher="hung", reason="busy")
+    assert skipped and all(s["extra"]["cpu_percent"] > 20 for s in skipped), skipped
+    report("hang-cpu busy srun", cpu_percent=skipped[0]["extra"]["cpu_percent"])
 
 
 # ------------------------------------------------------------------------ 2. job end
