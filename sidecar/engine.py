@@ -167,7 +167,7 @@ class Engine:
         self._dropin_default = False
         self._read_to: Dict[Tuple[int, int], Tuple[int, int, bytes]] = {}  # dev, ino -> end
         # bytes read from one file before others get their turn; two chunks keep the memory
-        # of a big backlog small (a 1 GB file is read 2 MiB at a time, in a loop of reads)
+        # of a big backlog small (a 1 GB file is read 512 KiB at a time, in a loop of reads)
         self._read_budget = 2 * max(1, self.settings.chunk_size)
         self._prom: Any = None
         self._prom_dirty = False
