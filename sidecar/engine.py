@@ -198,6 +198,11 @@ class Engine:
         self.throttles: Dict[str, Any] = {}  # watcher -> throttle.ThrottleState
         self.gatherers: Dict[Tuple[str, str], Any] = {}  # (watcher, file) -> RecordGatherer
         self._armed: Set[str] = set()  # watchers whose job triggers were set up once
+        # firings whose actions must survive a crash (see _persist_firing)
+        self._run_id = f"{os.getpid()}.{int(time.time() * 1000)}"
+        self._payloads: Dict[int, Dict[str, Any]] = {}  # firing seq -> its fields
+        self._started: Dict[int, int] = {}  # firing seq -> index of the last action started
+        self._resume_pending: Dict[str, Any] = {}
         self._build_runtimes()
 
     # ------------------------------------------------------------------ set-up
@@ -280,6 +285,7 @@ class Engine:
             queue_length=self.settings.queue_length,
             output_cap=self.settings.output_cap,
             wake=self._wake,
+            on_start=self._action_starting,
         )
         if self._backend_arg is not None:
             self.backend = self._backend_arg
@@ -357,6 +363,7 @@ class Engine:
         if requeued_from is None and self._journal is not None:
             self._journal.seq = _int(prev.get("journal_seq"))  # go on numbering
         self.resubmits = _int(prev.get("resubmits"))
+        pending = prev.get("pending")
         pid = int(prev.get("pid") or 0)
         if (
             pid
@@ -370,6 +377,8 @@ class Engine:
             self._set_state_path(_stem(path) + f"-{os.getpid()}.json", keep_dropin=True)
             return
         self._resume = stmod.resume_positions(prev)
+        if isinstance(pending, dict):
+            self._resume_pending = pending
         for name, w in (prev.get("watchers") or {}).items():
             rt = self.runtimes.get(name)
             if rt is None or not isinstance(w, dict):
@@ -425,6 +434,28 @@ class Engine:
         """Write the state file now (atomically). Problems are logged, never raised."""
         if not self.state_path:
             return
+        if self._journal is None:
+            self._save_state()
+            return
+        with self._journal.lock:  # no action-start mark between the snapshot and the clear
+            self._save_state()
+
+    def _pending_firings(self) -> Dict[str, Any]:
+        """Firings whose actions have not all started, with the first one not started."""
+        out: Dict[str, Any] = {}
+        for seq, chain in self.chains.items():
+            payload = self._payloads.get(seq)
+            if payload is None:
+                continue
+            started = self._started.get(seq)
+            nxt = chain.index if started is None else max(chain.index, started + 1)
+            if nxt < len(chain.specs):
+                out[f"{self._run_id}:{seq}"] = {"firing": payload, "next": nxt}
+        return out
+
+    def _save_state(self) -> None:
+        if not self.state_path:
+            return
         from sidecar.types import utc_now_iso
 
         files: Dict[str, Any] = {}
@@ -470,6 +501,7 @@ class Engine:
                 for n, rt in self.runtimes.items()
             },
             "files": files,
+            "pending": self._pending_firings(),
         }
         try:
             stmod.write_atomic(self.state_path, data)
@@ -719,6 +751,7 @@ class Engine:
 
             self.ctx = dataclasses.replace(self.ctx, resubmits_done=self.resubmits)
         self._setup_job_triggers()
+        self._resume_firings()
         self._initial_scan()
         for path in list(self.files):
             self._read(path)
@@ -1286,6 +1319,7 @@ class Engine:
                     name,
                     rt.trigger_count,
                     head,
+                    self._persist_firing(firing),
                 )
             except OSError as exc:
                 self.log.warning("cannot write the state journal", error=str(exc))
@@ -1334,14 +1368,132 @@ class Engine:
             reason=ch.reason,
         )
 
-    def _start_chain(self, firing: Firing) -> None:
-        specs = list(self.runtimes[firing.watcher].watcher.actions)
+    def _specs(self, name: str) -> List[Any]:
+        specs = list(self.runtimes[name].watcher.actions)
         # cancel_job ends the job (and this sidecar with it): it always runs last, so that a
         # resubmit or a notification in the same firing happens first.
         specs.sort(key=lambda s: 1 if s.type == "cancel_job" else 0)
-        chain = _Chain(firing, specs)
+        return specs
+
+    def _start_chain(self, firing: Firing, index: int = 0) -> None:
+        chain = _Chain(firing, self._specs(firing.watcher), index)
         self.chains[firing.seq] = chain
         self._advance(chain)
+
+    # -- actions that survive a crash ----------------------------------------------------
+    # A firing is saved as done before its actions start (a restart never repeats it). So
+    # that a SIGKILL does not lose the actions still waiting for a slot either, a firing
+    # with process actions is written to the journal with its fields; the runner marks
+    # each action as it starts it, and the chain's end is marked too. A successor runs the
+    # actions of such a firing that had not started (never one that had: at most once).
+    _IMMEDIATE = ("log_event", "store_metric", "pause_watcher")
+    _PAYLOAD_CAP = 256 * 1024  # a bigger firing (a 1 MiB line) is not kept: at most once
+
+    def _persist_firing(self, firing: Firing) -> Optional[Tuple[str, Dict[str, Any]]]:
+        rt = self.runtimes.get(firing.watcher)
+        if rt is None or all(a.type in self._IMMEDIATE for a in rt.watcher.actions):
+            return None
+        payload: Dict[str, Any] = {
+            "watcher": firing.watcher,
+            "trigger": firing.trigger,
+            "file": firing.file,
+            "directory": firing.directory,
+            "line": firing.line,
+            "lineno": firing.lineno,
+            "event": firing.event,
+            "timeout": firing.timeout,
+            "captures": dict(firing.captures),
+            "variables": dict(firing.variables),
+        }
+        size = len(firing.line or "") + sum(len(v) for v in firing.variables.values())
+        if size > self._PAYLOAD_CAP:
+            return None
+        self._payloads[firing.seq] = payload
+        return f"{self._run_id}:{firing.seq}", payload
+
+    def _action_starting(self, tag: Any) -> None:
+        """Runner callback (any thread), just before an action's process starts."""
+        if not isinstance(tag, tuple) or tag[0] == "probe":
+            return
+        seq, index = tag
+        j = self._journal
+        if j is None or seq not in self._payloads:
+            return
+        with j.lock:
+            self._started[seq] = index
+            try:
+                j.mark("S", f"{self._run_id}:{seq}", int(index))
+            except OSError:
+                pass
+
+    def _chain_done(self, seq: int) -> None:
+        if self._payloads.pop(seq, None) is None:
+            return
+        self._started.pop(seq, None)
+        if self._journal is not None:
+            try:
+                self._journal.mark("D", f"{self._run_id}:{seq}")
+            except OSError:
+                pass
+
+    def _resume_firings(self) -> None:
+        """Run the actions a killed predecessor had not started (see _persist_firing)."""
+        pending, self._resume_pending = self._resume_pending, {}
+        for key, ent in pending.items():
+            try:
+                p = dict(ent["firing"])
+                nxt = int(ent.get("next") or 0)
+                name = str(p["watcher"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if name not in self.runtimes:
+                self._record(
+                    "warning",
+                    watcher=name,
+                    reason="resumed_actions",
+                    message="actions of a firing left by a killed sidecar not run: the "
+                    "watcher is no longer in the config",
+                    extra={"previous_firing": key},
+                )
+                continue
+            specs = self._specs(name)
+            if nxt >= len(specs):
+                continue
+            self._seq += 1
+            firing = Firing(
+                watcher=name,
+                trigger=str(p.get("trigger") or "regex"),
+                seq=self._seq,
+                file=p.get("file"),
+                directory=p.get("directory"),
+                line=p.get("line"),
+                lineno=p.get("lineno"),
+                event=p.get("event"),
+                timeout=p.get("timeout"),
+                captures=dict(p.get("captures") or {}),
+                variables={str(k): str(v) for k, v in (p.get("variables") or {}).items()},
+                extra={"previous_firing": key},
+            )
+            self._record(
+                "warning",
+                watcher=name,
+                trigger=firing.trigger,
+                file=firing.file,
+                line=firing.line,
+                firing=firing.seq,
+                reason="resumed_actions",
+                message=f"{len(specs) - nxt} action(s) of a firing that had not started when "
+                "the previous sidecar was killed: run now",
+                extra={"previous_firing": key, "from_action": nxt},
+            )
+            if self._journal is not None:
+                persisted = self._persist_firing(firing)
+                rt = self.runtimes[name]
+                try:
+                    self._journal.append(None, None, name, rt.trigger_count, "", persisted)
+                except OSError:
+                    pass
+            self._start_chain(firing, nxt)
 
     def _advance(self, chain: _Chain) -> None:
         while chain.index < len(chain.specs):
@@ -1379,6 +1531,7 @@ class Engine:
                 )
             break
         self.chains.pop(chain.firing.seq, None)
+        self._chain_done(chain.firing.seq)
 
     def _held_back(self, name: str, held: Sequence[Tuple[str, int]]) -> None:
         """Suppressed firings whose suppression period ended with no later firing to carry

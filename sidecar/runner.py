@@ -196,7 +196,11 @@ class Runner:
         linger: float = 0.5,
         shell: str = "/bin/sh",
         idle_timeout: float = 60.0,
+        on_start: Optional[Callable[[Any], None]] = None,
     ) -> None:
+        # called with a job's tag just before its process is started (in whichever thread
+        # starts it): the engine records that the action began (at most once after a crash)
+        self.on_start = on_start
         self.max_concurrent = max(1, int(max_concurrent))
         self.queue_length = max(0, int(queue_length))
         self.output_cap = max(0, int(output_cap))
@@ -426,6 +430,11 @@ class Runner:
     def _start(
         self, job: ShellJob, queued_s: float
     ) -> Tuple[Optional[_Run], Optional[ActionResult]]:
+        if self.on_start is not None:
+            try:
+                self.on_start(job.tag)
+            except Exception as exc:  # noqa: BLE001 - never let bookkeeping stop a job
+                _log.warning("runner: on_start failed", error=repr(exc))
         started = time.monotonic()
         try:
             proc = subprocess.Popen(

@@ -151,9 +151,14 @@ class Journal:
     """
 
     def __init__(self, path: str) -> None:
+        import threading
+
         self.path = path
         self.seq = 0
         self._fd = -1
+        # held by the engine while it writes the state file and empties the journal, and by
+        # the runner's threads while they mark an action as started: no mark is lost between
+        self.lock = threading.RLock()
 
     def append(
         self,
@@ -162,24 +167,37 @@ class Journal:
         watcher: str,
         triggers: int,
         head: str = "",
+        firing: Optional[Tuple[str, Mapping[str, Any]]] = None,
     ) -> None:
+        """One firing: its file position, its watcher's trigger count and, when given,
+        ``firing`` = (key, the firing's fields) so that actions it has not started yet can
+        be run by a successor after a crash."""
         self.seq += 1
         pos: List[Any] = (
             [res.dev, res.inode, res.offset, res.lineno, res.fired_through]
             if res is not None
             else [0, 0, 0, 0, 0]
         )
-        line = json.dumps(
-            [self.seq, path, *pos, watcher, triggers, head], separators=(",", ":")
-        )
-        if self._fd < 0:
-            d = os.path.dirname(self.path)
-            if d:
-                os.makedirs(d, exist_ok=True)
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-            )
-        os.write(self._fd, line.encode("utf-8", "surrogateescape") + b"\n")
+        item: List[Any] = [self.seq, path, *pos, watcher, triggers, head]
+        if firing is not None:
+            item += [firing[0], firing[1]]
+        self._write(json.dumps(item, separators=(",", ":"), default=str))
+
+    def mark(self, what: str, key: str, index: int = 0) -> None:
+        """``S``: the firing ``key``'s action ``index`` is starting; ``D``: all its actions
+        are done (or recorded as not run)."""
+        self._write(json.dumps([what, key, index], separators=(",", ":")))
+
+    def _write(self, line: str) -> None:
+        with self.lock:
+            if self._fd < 0:
+                d = os.path.dirname(self.path)
+                if d:
+                    os.makedirs(d, exist_ok=True)
+                self._fd = os.open(
+                    self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+                )
+            os.write(self._fd, line.encode("utf-8", "surrogateescape") + b"\n")
 
     def clear(self) -> None:
         """The state file now holds everything up to ``seq``."""
@@ -209,16 +227,34 @@ def apply_journal(data: Optional[Dict[str, Any]], path: str) -> Optional[Dict[st
     for raw in lines:
         try:
             item = json.loads(raw)
-            seq, fpath, dev, ino, off, lineno, through, watcher, triggers = item[:9]
-            head = str(item[9]) if len(item) > 9 else ""
-            seq = int(seq)
-        except (ValueError, TypeError):
+            if item and item[0] in ("S", "D"):
+                what, key, index = item[0], str(item[1]), int(item[2])
+            else:
+                what = ""
+                seq, fpath, dev, ino, off, lineno, through, watcher, triggers = item[:9]
+                head = str(item[9]) if len(item) > 9 else ""
+                seq = int(seq)
+        except (ValueError, TypeError, IndexError):
             continue  # a line cut by a crash
+        if what:
+            # marks are idempotent: one the state file already holds changes nothing
+            pend = (data or {}).get("pending")
+            if isinstance(pend, dict) and key in pend:
+                if what == "D":
+                    del pend[key]
+                elif isinstance(pend[key], dict):
+                    pend[key]["next"] = max(int(pend[key].get("next") or 0), index + 1)
+            continue
         if seq <= done:
             continue
         if data is None:
             data = {"version": VERSION, "files": {}, "watchers": {}}
         done = seq
+        if len(item) > 11 and isinstance(item[11], dict):
+            pend = data.get("pending")
+            if not isinstance(pend, dict):
+                pend = data["pending"] = {}
+            pend[str(item[10])] = {"firing": item[11], "next": 0}
         if fpath and (dev or ino):
             data.setdefault("files", {})[fpath] = {
                 "dev": dev,

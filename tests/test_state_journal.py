@@ -63,3 +63,25 @@ def test_a_line_cut_by_a_crash_is_ignored(tmp_path: Path) -> None:
     data = stmod.read_state(sp)
     assert data is not None and data["files"]["/log/a"]["fired_through"] == 1
     assert data["journal_seq"] == 1
+
+
+def test_pending_firings_follow_their_marks(tmp_path: Path) -> None:
+    """A journaled firing is pending from its first action; an `S` mark moves it past the
+    action that started (never started again); a `D` mark (all done) removes it; marks the
+    state file already holds change nothing."""
+    sp = str(tmp_path / "s.json")
+    j = stmod.Journal(stmod.journal_path(sp))
+    j.append(None, None, "w", 1, "", ("r1:1", {"watcher": "w", "line": "a"}))
+    j.append(None, None, "w", 2, "", ("r1:2", {"watcher": "w", "line": "b"}))
+    j.append(None, None, "w", 3, "", ("r1:3", {"watcher": "w", "line": "c"}))
+    j.mark("S", "r1:1", 0)
+    j.mark("D", "r1:1")
+    j.mark("S", "r1:2", 0)
+    j.mark("S", "r1:2", 0)  # twice: idempotent
+    j.close()
+    data = stmod.read_state(sp)
+    assert data is not None
+    pend = data["pending"]
+    assert sorted(pend) == ["r1:2", "r1:3"]
+    assert pend["r1:2"]["next"] == 1 and pend["r1:3"]["next"] == 0
+    assert pend["r1:3"]["firing"] == {"watcher": "w", "line": "c"}

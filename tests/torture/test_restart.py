@@ -134,9 +134,20 @@ def test_sigkill_mid_burst_neither_repeats_nor_misses(
         out = tmp_path / "fired.txt"
         return Counter(int(x) for x in out.read_text().split()) if out.exists() else Counter()
 
-    # everything written gets handled by the last daemon (bounded wait)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(acted()) < n - kills:
+    # log_event acts at once: a kill costs at most the firing in progress. A command that
+    # had started when the kill came is not run again (at most once) and may have been
+    # killed with the sidecar: up to max_concurrent (4) of those per kill.
+    bound = kills if action == "log_event" else 5 * kills
+    # everything written gets handled by the last daemon (bounded wait, ended early once
+    # nothing more comes)
+    deadline = time.monotonic() + 90
+    last, still = -1, time.monotonic()
+    while time.monotonic() < deadline and len(acted()) < n:
+        now_n = len(acted())
+        if now_n != last:
+            last, still = now_n, time.monotonic()
+        elif now_n >= n - bound and time.monotonic() - still > 3:
+            break
         time.sleep(0.05)
     time.sleep(0.5)
     assert d.stop(timeout=120) == 0, d.stderr()
@@ -156,10 +167,6 @@ def test_sigkill_mid_burst_neither_repeats_nor_misses(
         duplicate_match_records=sum(c - 1 for c in matches.values() if c > 1),
     )
     assert not dups, f"acted on twice: {dict(list(dups.items())[:10])}"
-    # log_event acts at once: a kill costs at most the firing in progress. A command may
-    # also still wait for a slot when the kill comes (the known gap of
-    # test_sigkill_with_queued_actions_loses_none): a looser bound for those
-    bound = kills if action == "log_event" else 5 * kills
     assert len(missing) <= bound, f"{len(missing)} never acted on ({kills} kills): {missing[:20]}"
 
 
@@ -185,16 +192,12 @@ def test_restart_with_nothing_new_keeps_the_positions(tmp_path: Path, how: str) 
     assert sorted(fired) == [1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN GAP (engine): actions still waiting in the runner's queue when the sidecar "
-    "is killed are lost: their firing was saved as done before they started",
-)
 def test_sigkill_with_queued_actions_loses_none(
     tmp_path: Path, daemons: List[Daemon]  # noqa: F811
 ) -> None:
     """A burst of 200 firings of a command (1 slot): SIGKILL while most still wait for the
-    slot, restart: every line's command runs (at most once)."""
+    slot, restart: every waiting command runs in the successor; none runs twice. The one
+    command running at the kill is not started again (at most once): it may be lost."""
     (tmp_path / "w").mkdir()
     cfg = _config(
         tmp_path,
@@ -221,7 +224,8 @@ def test_sigkill_with_queued_actions_loses_none(
     d.stop()
     got = Counter(int(x) for x in out.read_text().split()) if out.exists() else Counter()
     figure("restart_queued_actions", cases=1, queued_lost=200 - len(got))
-    assert set(got) == set(range(200)) and max(got.values()) == 1
+    assert max(got.values()) == 1
+    assert len(set(range(200)) - set(got)) <= 1  # the slot's one, running at the kill
 
 
 def test_partial_line_at_sigkill_fires_once_when_completed(
