@@ -639,8 +639,10 @@ class Engine:
 
             res = self._resume.pop(path, None)
             position = None
+            rotated: Optional[str] = None
             if res is not None:
                 res = _same_file_elsewhere(path, res)
+                rotated = _rotated_away(path, res)
                 try:
                     head = bytes.fromhex(res.head)
                 except ValueError:
@@ -666,6 +668,8 @@ class Engine:
                     pos.dev, pos.inode, pos.offset, pos.lineno, st.suppress[1]
                 )
             st.matcher = self._matcher_for(tuple(regex_w))
+            if rotated is not None and position is not None and res is not None:
+                self._drain_rotated(st, rotated, position, res)
         now = self.clock()
         for n in stale_w:
             self.stale.pop((n, ""), None)  # its file is here: no grace check any more
@@ -676,6 +680,49 @@ class Engine:
             self._new_tracker(n, path, now)
         self.files[path] = st
         return st
+
+    def _drain_rotated(self, st: _FileState, rotated: str, position: Any, res: Any) -> None:
+        """The file a predecessor was reading was rotated while no sidecar ran (``job.log``
+        renamed ``job.log.1``, a new ``job.log`` started): read the rest of the old file,
+        from the saved position, before the new one -- as a running sidecar does."""
+        from sidecar.tailer import Tailer
+
+        old = Tailer(
+            rotated,
+            chunk_size=self.settings.chunk_size,
+            max_line=self.settings.max_line,
+            position=position,
+        )
+        try:
+            if old.position() != position:
+                return  # not the same file any more (or rewritten): nothing to continue
+            keep_suppress, keep_saved = st.suppress, st.saved
+            st.suppress = (res.lineno, res.fired_through)
+            n = 0
+            for _ in range(100_000):
+                chunks = old.read(self._read_budget)
+                for ch in chunks:
+                    n += len(ch.data)
+                    self._scan(st, ch)
+                if not old.more:
+                    break
+            last = old.flush()  # the rotated file is finished: its last line is whole
+            if last is not None:
+                n += len(last.data)
+                self._scan(st, last)
+            st.suppress, st.saved = keep_suppress, keep_saved
+            self._record(
+                "warning",
+                file=rotated,
+                reason="rotated_while_down",
+                message=f"{path_name(st.path)} was rotated to {path_name(rotated)} while no "
+                f"sidecar ran: read its last {n} byte(s) there, then the new file",
+                extra={"bytes": n, "offset": position.offset},
+            )
+        except Exception as exc:
+            self._record("error", file=rotated, message=f"reading a rotated file: {exc!r}")
+        finally:
+            old.close()
 
     def _renamed_position(self, path: str) -> Any:
         """A file that appears under a watched name but was already read under another
@@ -2303,6 +2350,37 @@ def _head_hex(st: _FileState, saved: stmod.FileResume) -> str:
         return bytes(st.tailer.head_of(saved.dev, saved.inode)).hex()
     except Exception:
         return ""
+
+
+def path_name(path: str) -> str:
+    return os.path.basename(path) or path
+
+
+def _rotated_away(path: str, res: stmod.FileResume) -> Optional[str]:
+    """Where the file a saved position belongs to is now, if ``path`` names another file and
+    it sits in the same directory under another name (rotated by rename)."""
+    try:
+        cur = os.stat(path)
+        if (cur.st_dev, cur.st_ino) == (res.dev, res.inode):
+            return None
+    except OSError:
+        pass
+    if not (res.dev or res.inode):
+        return None
+    try:
+        with os.scandir(os.path.dirname(path) or ".") as it:
+            for e in it:
+                if e.path == path:
+                    continue
+                try:
+                    s = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (s.st_dev, s.st_ino) == (res.dev, res.inode) and s.st_size >= res.offset:
+                    return e.path
+    except OSError:
+        return None
+    return None
 
 
 def _stem(path: str) -> str:

@@ -283,11 +283,6 @@ def test_partial_line_at_clean_stop_is_not_repeated_after_restart(
     assert msgs == ["HIT 1 half", "HIT 2 x"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN GAP (state): a file rotated while the sidecar was down is looked for only at "
-    "its path: the lines its predecessor had not read yet (now in job.log.1) are lost",
-)
 def test_rotation_while_down_loses_no_line(
     tmp_path: Path, daemons: List[Daemon]  # noqa: F811
 ) -> None:
