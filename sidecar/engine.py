@@ -1253,6 +1253,13 @@ class Engine:
         if rt.state != WatcherState.ACTIVE:
             rt.ignored += 1
             return
+        admitted = False
+        if rt.condition is None and record is None and name not in self.throttles:
+            # nothing to judge before the rate limit: ask it first, so that a rate-limited
+            # watcher on a busy log does not build the variables of every skipped match
+            if rt.admit(self.clock()) is not None:
+                return
+            admitted = True
         captures, variables = match_variables(rt.watcher, m)
         extra: Dict[str, Any] = {}
         line = m.line
@@ -1319,14 +1326,16 @@ class Engine:
             variables=variables,
             extra=extra or None,
             through_lineno=through,
+            _admitted=admitted,
         )
 
     # ------------------------------------------------------------------ firing
-    def _fire(self, name: str, trigger: str, **kw: Any) -> Optional[Firing]:
+    def _fire(
+        self, name: str, trigger: str, _admitted: bool = False, **kw: Any
+    ) -> Optional[Firing]:
         rt = self.runtimes[name]
         now = self.clock()
-        skip = rt.admit(now)
-        if skip is not None:
+        if not _admitted and rt.admit(now) is not None:
             return None
         self._seq += 1
         firing = Firing(watcher=name, trigger=trigger, seq=self._seq, **kw)

@@ -670,8 +670,8 @@ def test_a_huge_record_still_runs_its_command(tmp_path: Path, running: List[Runn
     wait_until(lambda: out.exists() and "cut" in out.read_text(), timeout=10)
     n = int(out.read_text().split()[0])
     assert 100_000 <= n <= 100_100
-    acts = r.recs("action", watcher="big")
-    assert acts and acts[0]["ok"] is True
+    acts = wait_until(lambda: r.recs("action", watcher="big"), timeout=10)
+    assert acts[0]["ok"] is True
 
 
 def test_the_next_firing_carries_the_suppressed_count(
