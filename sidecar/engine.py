@@ -183,7 +183,6 @@ class Engine:
         self._grace: Dict[str, float] = {}  # stale watcher -> when a missing file is stale
         self._grace_mark: Dict[str, Any] = {}  # stale watcher -> CPU sample at start
         self._mem: Dict[str, LevelWatch] = {}
-        self._mem_limit: Dict[str, Optional[int]] = {}
         self._tl_due: Dict[str, float] = {}  # time_limit watcher -> monotonic deadline
         self._tl_fired: Set[str] = set()
         self._tl_query_at: Optional[float] = None
@@ -715,7 +714,8 @@ class Engine:
                 "warning",
                 file=rotated,
                 reason="rotated_while_down",
-                message=f"{path_name(st.path)} was rotated to {path_name(rotated)} while no "
+                message=f"{os.path.basename(st.path)} was rotated to "
+                f"{os.path.basename(rotated)} while no "
                 f"sidecar ran: read its last {n} byte(s) there, then the new file",
                 extra={"bytes": n, "offset": position.offset},
             )
@@ -1687,7 +1687,7 @@ class Engine:
         reload; watchers kept by a reload keep their state)."""
         now = self.clock()
         names = set(self.runtimes)
-        for d in (self._mem, self._tl_due, self._probe_next, self._mem_limit):
+        for d in (self._mem, self._tl_due, self._probe_next):
             for k in [k for k in d if k not in names]:
                 del d[k]  # type: ignore[attr-defined]
         self._tl_signals = {}
@@ -1705,7 +1705,6 @@ class Engine:
                     from sidecar.jobinfo import memory_limit
 
                     limit, where = memory_limit(self.environ)
-                self._mem_limit[w.name] = limit
                 if limit is None:
                     self._record(
                         "warning",
@@ -1715,7 +1714,7 @@ class Engine:
                         "fire; give its limit in the config (limit = \"8G\")",
                     )
                     continue
-                self._mem[w.name] = LevelWatch(w.name, t.interval, now)
+                self._mem[w.name] = LevelWatch(w.name, t.interval, now, limit)
                 self._record(
                     "info",
                     watcher=w.name,
@@ -1986,7 +1985,7 @@ class Engine:
                 sample = self._tree_sample()
                 if sample is None:
                     return
-            limit = self._mem_limit.get(name)
+            limit = lw.limit
             rt = self.runtimes.get(name)
             if not limit or rt is None:
                 continue
@@ -2359,10 +2358,6 @@ def _head_hex(st: _FileState, saved: stmod.FileResume) -> str:
         return bytes(st.tailer.head_of(saved.dev, saved.inode)).hex()
     except Exception:
         return ""
-
-
-def path_name(path: str) -> str:
-    return os.path.basename(path) or path
 
 
 def _rotated_away(path: str, res: stmod.FileResume) -> Optional[str]:

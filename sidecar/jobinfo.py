@@ -134,6 +134,18 @@ def _lost_cpu(prev: _Seen, curr: _Seen) -> float:
     return lost
 
 
+def _proc_info(psutil: Any, p: Any) -> Tuple[Any, float, int, float, float, bool]:
+    """(process, create time, ppid, CPU incl. reaped children, reaped children's CPU,
+    zombie) from one /proc/PID/stat read. Raises psutil's "gone" errors."""
+    with p.oneshot():
+        ppid = int(p.ppid())
+        ct = p.cpu_times()
+        ctime = float(p.create_time())
+        zombie = p.status() == psutil.STATUS_ZOMBIE
+    reaped = float(ct.children_user + ct.children_system)
+    return p, ctime, ppid, float(ct.user + ct.system) + reaped, reaped, zombie
+
+
 class ProcessTree:
     """Samples the process tree under ``root_pid``.
 
@@ -209,17 +221,10 @@ class ProcessTree:
         alive = True
         for p in [root, *kids]:
             try:
-                with p.oneshot():  # one /proc/PID/stat read for all of these
-                    ppid = int(p.ppid())
-                    ct = p.cpu_times()
-                    ctime = float(p.create_time())
-                    zombie = p.status() == psutil.STATUS_ZOMBIE
+                info[p.pid] = _proc_info(psutil, p)
             except gone_errors:
                 if p is root:
                     alive = False
-                continue
-            reaped = float(ct.children_user + ct.children_system)
-            info[p.pid] = (p, ctime, ppid, float(ct.user + ct.system) + reaped, reaped, zombie)
         root_info = info.get(self.root_pid)
         if root_info is None:
             return False, {}, 0
@@ -304,15 +309,9 @@ class ProcessTree:
                 if q.pid in info or excluded(q.pid):
                     continue
                 try:
-                    with q.oneshot():
-                        ppid = int(q.ppid())
-                        ct = q.cpu_times()
-                        ctime = float(q.create_time())
-                        zombie = q.status() == psutil.STATUS_ZOMBIE
+                    info[q.pid] = _proc_info(psutil, q)
                 except gone_errors:
                     continue
-                reaped = float(ct.children_user + ct.children_system)
-                info[q.pid] = (q, ctime, ppid, float(ct.user + ct.system) + reaped, reaped, zombie)
             roots.append(pid)
         return roots
 

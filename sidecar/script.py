@@ -153,6 +153,21 @@ TRIGGER_VARIABLES: Mapping[str, Tuple[str, ...]] = {
     "memory": ("RSS_BYTES", "LIMIT_BYTES", "FRACTION", "rss_bytes", "limit_bytes", "fraction"),
     "probe": ("PROBE",),
 }
+#: the key each trigger cannot do without, and the hint given when it is missing
+REQUIRED_KEYS: Mapping[str, Tuple[str, str]] = {
+    "stale": ("timeout", "a stale watcher fires after this long without a write: add timeout=20m"),
+    "time_limit": ("before", "fire this long before the job's time limit: add before=10m"),
+    "memory": (
+        "fraction",
+        "fire when the job's memory passes this share of its limit: add fraction=0.9",
+    ),
+    "probe": (
+        "probe",
+        'a probe watcher matches the output of a command run every interval: add '
+        'probe="COMMAND", e.g. probe="nvidia-smi --query-gpu=utilization.gpu '
+        '--format=csv,noheader,nounits"',
+    ),
+}
 #: ... of multi-line records, and of thresholds
 RECORD_VARIABLES: Tuple[str, ...] = ("RECORD", "RECORD_LINES") + tuple(
     f"end{i}" for i in range(1, 10)  # the end line's groups
@@ -1454,54 +1469,30 @@ class _Builder:
         max_cpu = get("max_cpu", lambda v: _as_number(v, "max_cpu", 0.0, "max_cpu=5 (percent "
                                                        "of one core)"))
         grace = get("grace", lambda v: _as_seconds(v, "grace"))
-        if trigger == "stale":
-            if "timeout" not in values and not raw.broken:
-                bad(
-                    raw.line,
-                    "timeout is missing",
-                    "a stale watcher fires after this long without a write: add timeout=20m",
-                )
-            if max_cpu is not None and require_alive is False:
-                bad(
-                    values["require_alive"].line,
-                    "max_cpu is given but require_alive is false",
-                    "max_cpu only counts while the job's processes are alive (it implies "
-                    "require_alive=true): remove require_alive=false, or remove max_cpu",
-                )
+        required = REQUIRED_KEYS.get(trigger)
+        if required is not None and required[0] not in values and not raw.broken:
+            bad(raw.line, f"{required[0]} is missing", required[1])
+        if trigger == "stale" and max_cpu is not None and require_alive is False:
+            bad(
+                values["require_alive"].line,
+                "max_cpu is given but require_alive is false",
+                "max_cpu only counts while the job's processes are alive (it implies "
+                "require_alive=true): remove require_alive=false, or remove max_cpu",
+            )
 
         # time limit
         before = get("before", lambda v: _as_seconds(v, "before"))
         signal_name: Optional[str] = TIME_LIMIT_SIGNAL
         if "signal" in values:
             signal_name = get("signal", _as_signal)
-        if trigger == "time_limit" and "before" not in values and not raw.broken:
-            bad(
-                raw.line,
-                "before is missing",
-                "fire this long before the job's time limit: add before=10m",
-            )
 
         # memory
         fraction = get("fraction", _as_fraction)
         limit = get("limit", _as_limit)
-        if trigger == "memory" and "fraction" not in values and not raw.broken:
-            bad(
-                raw.line,
-                "fraction is missing",
-                "fire when the job's memory passes this share of its limit: add fraction=0.9",
-            )
 
         # probes
         probe = get("probe", _as_probe)
         probe_timeout = get("probe_timeout", lambda v: _as_seconds(v, "probe_timeout"))
-        if trigger == "probe" and "probe" not in values and not raw.broken:
-            bad(
-                raw.line,
-                "probe is missing",
-                'a probe watcher matches the output of a command run every interval: add '
-                'probe="COMMAND", e.g. probe="nvidia-smi --query-gpu=utilization.gpu '
-                '--format=csv,noheader,nounits"',
-            )
 
         # actions
         actions: List[ActionSpec] = []

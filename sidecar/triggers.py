@@ -249,6 +249,7 @@ class LevelWatch:
     watcher: str
     interval: float
     next_at: float
+    limit: int = 0  # what the level is compared with (memory: bytes)
     above: bool = False
 
     def crossed(self, value: float, limit: float) -> bool:

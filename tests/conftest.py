@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import json
+import threading
 import time
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
+
+from sidecar.engine import Engine
 
 T = TypeVar("T")
 
@@ -23,3 +28,46 @@ def wait_until(pred: Callable[[], T], timeout: float = 10.0, interval: float = 0
 
 # the SMTP and webhook protocol peers as fixtures (smtp_server, webhook_server)
 pytest_plugins = ["tests.peers"]
+
+
+# ---------------------------------------------------------------- an engine in a thread
+
+
+def records(path: Path) -> List[Dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+class Running:
+    def __init__(self, engine: Engine, thread: threading.Thread, log: Path) -> None:
+        self.engine = engine
+        self.thread = thread
+        self.log = log
+
+    def recs(self, kind: Optional[str] = None, **match: Any) -> List[Dict[str, Any]]:
+        """The records of ``kind`` (all without) whose fields equal ``match``."""
+        return [
+            r
+            for r in records(self.log)
+            if (kind is None or r["kind"] == kind)
+            and all(r.get(k) == v for k, v in match.items())
+        ]
+
+    def stop(self) -> None:
+        self.engine.request_stop("test")
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def running() -> Iterator[List[Running]]:
+    rs: List[Running] = []
+    yield rs
+    for r in rs:
+        if r.thread.is_alive():
+            r.stop()

@@ -3,11 +3,10 @@ actions, a real JSONL event log. The engine runs in a thread; the test writes fi
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, List
 
 import pytest
 
@@ -23,33 +22,7 @@ from sidecar.model import (
     StaleTrigger,
     Watcher,
 )
-from tests.conftest import wait_until
-
-
-def records(path: Path) -> List[Dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
-
-
-class Running:
-    def __init__(self, engine: Engine, thread: threading.Thread, log: Path) -> None:
-        self.engine = engine
-        self.thread = thread
-        self.log = log
-
-    def recs(self, kind: Optional[str] = None) -> List[Dict[str, Any]]:
-        rs = records(self.log)
-        return [r for r in rs if kind is None or r["kind"] == kind]
-
-    def stop(self) -> None:
-        self.engine.request_stop("test")
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+from tests.conftest import Running, wait_until
 
 
 @pytest.fixture(params=["inotify", "poll"])
@@ -72,15 +45,6 @@ def start(
     t = threading.Thread(target=eng.run, daemon=True)
     t.start()
     return Running(eng, t, log)
-
-
-@pytest.fixture
-def running() -> Iterator[List[Running]]:
-    rs: List[Running] = []
-    yield rs
-    for r in rs:
-        if r.thread.is_alive():
-            r.stop()
 
 
 def regex_watcher(name: str, pattern: str, cmd: str, **kw: Any) -> Watcher:

@@ -4,7 +4,6 @@ a real JSONL event log. Each test states what a user relies on."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -30,43 +29,7 @@ from sidecar.model import (
     TimeLimitTrigger,
     Watcher,
 )
-from tests.conftest import wait_until
-
-
-def records(path: Path) -> List[Dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-class Running:
-    def __init__(self, engine: Engine, thread: threading.Thread, log: Path) -> None:
-        self.engine = engine
-        self.thread = thread
-        self.log = log
-
-    def recs(self, kind: Optional[str] = None, **match: Any) -> List[Dict[str, Any]]:
-        out = []
-        for r in records(self.log):
-            if kind is not None and r["kind"] != kind:
-                continue
-            if all(r.get(k) == v for k, v in match.items()):
-                out.append(r)
-        return out
-
-    def stop(self) -> None:
-        self.engine.request_stop("test")
-        self.thread.join(15)
-        assert not self.thread.is_alive()
-
-
-@pytest.fixture
-def running() -> Iterator[List[Running]]:
-    rs: List[Running] = []
-    yield rs
-    for r in rs:
-        if r.thread.is_alive():
-            r.stop()
+from tests.conftest import Running, wait_until
 
 
 @pytest.fixture
