@@ -12,7 +12,8 @@ each watcher's ``matches`` the count of the same rule in the in-process matcher 
 
 Actions: each watcher logs its firings (``log_event``: no process); the ``loss`` watcher,
 which matches ~5 % of the lines, has ``rate_limit = "1/1h"``, so its ~400 000 matches are
-captured and counted but act once - the figure is the scan, not 400 000 event-log records.
+counted but act once - the figure is the scan, not 400 000 event-log records (once its window
+is full the daemon only counts that watcher's lines, building no match).
 """
 
 from __future__ import annotations

@@ -1218,11 +1218,16 @@ class Engine:
                 chunk.lineno + _count_lines(chunk.data),
                 chunk.data[-64:],
             )
+        mute = self._counted_only(st)
+        counted: Dict[Any, int] = {}
         try:
-            hits = st.matcher.scan(chunk)
+            hits = st.matcher.scan(chunk, mute, counted) if mute else st.matcher.scan(chunk)
         except Exception as exc:
             self._record("error", file=st.path, message=f"matching failed: {exc!r}")
             return
+        for name, n in counted.items():
+            self.counts["matches"] += n
+            self.runtimes[name].refused(n)
         starts: Dict[str, Dict[int, LineMatch]] = {}
         for name, m in hits:
             self.counts["matches"] += 1
@@ -1238,6 +1243,27 @@ class Engine:
                 self._gather(name, st, chunk, starts.get(name, {}))
         if st.suppress[1] and chunk.lineno > st.suppress[1]:
             st.suppress = (0, 0)
+
+    def _counted_only(self, st: _FileState) -> Tuple[str, ...]:
+        """The file's regex watchers whose matches in the next chunk would all be refused
+        before anything of them is looked at (paused, triggered, disabled, or rate-limited
+        for at least a second more, with no condition, throttle or multi-line record to
+        judge first): the matcher only counts their lines, the same counts as _on_match's.
+        A busy log matched by a rate-limited watcher costs no LineMatch per line."""
+        if st.suppress[1]:
+            return ()  # lines acted on before a restart are told apart by line number
+        now = self.clock()
+        out: Tuple[str, ...] = ()
+        for name in st.regex_watchers:
+            rt = self.runtimes[name]
+            if name in self._multiline or not rt.refuses_until(now, 1.0):
+                continue
+            if rt.state == WatcherState.ACTIVE and (
+                rt.condition is not None or name in self.throttles
+            ):
+                continue
+            out += (name,)
+        return out
 
     def _on_match(
         self,

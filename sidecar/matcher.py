@@ -48,7 +48,18 @@ import re
 import sys
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any, Callable, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    Hashable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from sidecar.log import get_logger
 from sidecar.model import RegexTrigger
@@ -940,7 +951,7 @@ class _Rule:
 class _Pass:
     """One scan of the buffer: ``fn`` finds candidates for ``members`` ((rule, _V_*))."""
 
-    __slots__ = ("fn", "members", "set_match")
+    __slots__ = ("fn", "members", "set_match", "whole")
 
     def __init__(
         self, fn: MatchFn, members: List[Tuple[_Rule, int]], set_match: Optional[Any] = None
@@ -948,6 +959,9 @@ class _Pass:
         self.fn = fn
         self.members = members
         self.set_match = set_match
+        #: no other pass of the plan looks for these rules (a split rule has several passes,
+        #: whose hits on one line are merged later)
+        self.whole = False
 
 
 _SET_MIN = 4  # alternation groups this big ask an RE2 Set which members a line may match
@@ -988,6 +1002,12 @@ def _build_plan(rules: Sequence[_Rule], ascii_chunk: bool) -> List[_Pass]:
             else:
                 assert c.relaxed is not None
                 passes.append(_Pass(c.relaxed, [(r, vk)]))
+    seen: Dict[int, int] = {}
+    for ps in passes:
+        for r, _vk in ps.members:
+            seen[r.index] = seen.get(r.index, 0) + 1
+    for ps in passes:
+        ps.whole = all(seen[r.index] == 1 for r, _vk in ps.members)
     return passes
 
 
@@ -1069,23 +1089,55 @@ class MultiMatcher:
             plan = self._plans[ascii_chunk] = _build_plan(self._rules, ascii_chunk)
         return plan
 
-    def scan(self, chunk: Chunk) -> List[Tuple[Hashable, LineMatch]]:
-        """Every (rule key, LineMatch) of the chunk's lines. Never raises for any content."""
+    def scan(
+        self,
+        chunk: Chunk,
+        mute: Collection[Hashable] = (),
+        counts: Optional[Dict[Hashable, int]] = None,
+    ) -> List[Tuple[Hashable, LineMatch]]:
+        """Every (rule key, LineMatch) of the chunk's lines. Never raises for any content.
+
+        ``mute``: keys whose matches the caller will only count (a rate-limited or paused
+        watcher): for these no LineMatch is built; the number of lines each matched is added
+        to ``counts`` instead (a key that matched nothing is left out)."""
         if not chunk.data or not self._rules:
             return []
+        muted: Dict[int, int] = {}
+        if mute:
+            muted = {i: 0 for i, k in enumerate(self._keys) if k in mute}
         try:
-            if _re2mod is None:  # pragma: no cover - degraded installation
-                return self._scan_lines(chunk)
-            return self._scan(chunk)
+            # (no re2: a degraded installation goes line by line)
+            out = self._scan_lines(chunk) if _re2mod is None else self._scan(chunk, muted)
         except Exception as e:  # a bug here must not stop the daemon: go line by line
             if not self._failed_logged:
                 self._failed_logged = True
                 _log.error("matcher_fast_path_failed", path=chunk.path, error=repr(e))
-            return self._scan_lines(chunk)
+            out = self._scan_lines(chunk)
+            muted = dict.fromkeys(muted, 0)
+        if not muted:
+            return out
+        keys = self._keys
+        # what the paths that build every match (line by line, or a line that needed a
+        # second look) left in: counted here
+        quiet = {keys[i]: i for i in muted}
+        if any(k in quiet for k, _m in out):
+            kept: List[Tuple[Hashable, LineMatch]] = []
+            for k, m in out:
+                i = quiet.get(k)
+                if i is None:
+                    kept.append((k, m))
+                else:
+                    muted[i] += 1
+            out = kept
+        if counts is not None:
+            for i, n in muted.items():
+                if n:
+                    counts[keys[i]] = counts.get(keys[i], 0) + n
+        return out
 
     # -- the fast path ----------------------------------------------------------------------
 
-    def _scan(self, chunk: Chunk) -> List[Tuple[Hashable, LineMatch]]:
+    def _scan(self, chunk: Chunk, muted: Dict[int, int]) -> List[Tuple[Hashable, LineMatch]]:
         buf = chunk.data
         if b"\r" in buf:  # one terminator per \r\n and lone \r -> \n (line contents unchanged)
             if _CRLF(_UNANCHORED, buf, 0, len(buf))[0][0] >= 0:
@@ -1098,7 +1150,8 @@ class MultiMatcher:
         find = buf.find
         rfind = buf.rfind
         U = _UNANCHORED
-        for ps in self._plan(buf.isascii()):
+        ascii_chunk = buf.isascii()
+        for ps in self._plan(ascii_chunk):
             fn = ps.fn
             before = len(hits)
             members = ps.members
@@ -1108,6 +1161,33 @@ class MultiMatcher:
                 r, vk = members[0]
                 idx = r.index
                 keep = vk == _V_NONE
+                if idx in muted and keep and ps.whole and not r.c.nb_empty:
+                    # only counted, and the pass's spans are final on an ASCII line: count
+                    # such lines, build nothing; another line gets its second look below
+                    found = 0
+                    while pos < n:
+                        sp = fn(U, buf, pos, n)
+                        p, e = sp[0]
+                        if p < 0:
+                            break
+                        le = find(b"\n", e)
+                        if le < 0:
+                            if phantom:
+                                break
+                            le = n
+                        if ascii_chunk:
+                            found += 1
+                        else:
+                            ls = rfind(b"\n", 0, p) + 1
+                            if buf[ls:le].isascii():
+                                found += 1
+                            else:
+                                append((ls, idx, le, vk, sp))
+                        pos = le + 1
+                    muted[idx] += found
+                    if len(hits) > before:
+                        passes_with_hits += 1
+                    continue
                 while pos < n:
                     sp = fn(U, buf, pos, n)
                     p, e = sp[0]
@@ -1146,10 +1226,10 @@ class MultiMatcher:
             return []
         if passes_with_hits > 1:
             hits.sort(key=_hit_order)
-        return self._results(chunk, buf, hits)
+        return self._results(chunk, buf, hits, muted)
 
     def _results(
-        self, chunk: Chunk, buf: bytes, hits: List[Hit]
+        self, chunk: Chunk, buf: bytes, hits: List[Hit], muted: Dict[int, int]
     ) -> List[Tuple[Hashable, LineMatch]]:
         out: List[Tuple[Hashable, LineMatch]] = []
         append = out.append

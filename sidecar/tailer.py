@@ -91,23 +91,25 @@ class TailPosition:
 
 
 def _count_lines(data: bytes) -> int:
-    """Lines ended in ``data``: ``\\n``, ``\\r\\n`` and a lone ``\\r`` each end one."""
-    n = data.count(b"\n")
-    c = data.count(b"\r")
-    if c:
-        if c <= 4096:
-            # a few progress-bar updates: looking at each \r is cheaper than a third pass
-            # over the whole buffer for the two-byte b"\r\n" (measured: 1.44 -> 0.78 ms/MiB)
-            crlf = 0
-            find = data.find
-            i = find(b"\r")
-            while i >= 0:
-                if data[i + 1 : i + 2] == b"\n":
-                    crlf += 1
-                i = find(b"\r", i + 1)
-        else:
-            crlf = data.count(b"\r\n")
-        n += c - crlf
+    """Lines ended in ``data``: ``\n``, ``\r\n`` and a lone ``\r`` each end one.
+
+    bytes.count runs a plain loop (about 2 GB/s here) while find and replace use memchr,
+    so a \r is looked for (not counted) first; with \r in the buffer, the \n of a copy
+    whose \r became \n are counted, and each \r\n (now two) given back one.
+    Measured per MiB: no \r 0.74 -> 0.43 ms, progress bars 0.94 -> 0.67 ms."""
+    find = data.find
+    i = find(b"\r")
+    if i < 0:
+        return data.count(b"\n")
+    n = data.replace(b"\r", b"\n").count(b"\n")
+    seen = 0
+    while i >= 0:
+        if data[i + 1 : i + 2] == b"\n":
+            n -= 1
+        seen += 1
+        if seen > 4096:  # \r everywhere (a CRLF file): whole-buffer passes are cheaper
+            return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n")
+        i = find(b"\r", i + 1)
     return n
 
 
@@ -276,8 +278,9 @@ class Tailer:
         self._fs.seek(fd, 0)
         if got == head:
             return True
-        _log.info("file rewritten since its position was saved: read from its start",
-                  file=self.path)
+        _log.info(
+            "file rewritten since its position was saved: read from its start", file=self.path
+        )
         return False
 
     def _same_id(self, st: os.stat_result) -> bool:

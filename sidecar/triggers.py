@@ -121,6 +121,26 @@ class WatcherRuntime:
         return None
 
     # -- firing ------------------------------------------------------------------------
+    def refuses_until(self, now: float, margin: float) -> bool:
+        """Will :meth:`admit` refuse every call from ``now`` to ``now + margin``, whatever
+        the match? (The watcher is not ACTIVE, or its rate-limit window is full and stays
+        full that long.) Such matches need only be counted (:meth:`refused`)."""
+        if self.state != WatcherState.ACTIVE:
+            return True
+        rl = self.watcher.rate_limit
+        if rl is None or rl.count < 1 or len(self.recent) < rl.count:
+            return False
+        # the window frees a place when its oldest firing is per_s old
+        return self.recent[-rl.count] + rl.per_s > now + margin
+
+    def refused(self, n: int) -> None:
+        """Book ``n`` matches that :meth:`admit` would have refused (see refuses_until)."""
+        self.matches += n
+        if self.state != WatcherState.ACTIVE:
+            self.ignored += n
+        else:
+            self.skipped["rate_limit"] = self.skipped.get("rate_limit", 0) + n
+
     def admit(self, now: float) -> Optional[Skip]:
         """May the watcher fire now? None = yes (and the firing is counted)."""
         if self.state != WatcherState.ACTIVE:

@@ -152,6 +152,49 @@ def test_rate_limit_counts_what_it_skips(tmp_path: Path, running: List[Running])
     assert sum(x["extra"]["count"] for x in skipped) == 7
 
 
+def test_refused_matches_are_counted_exactly_without_being_built(
+    tmp_path: Path, running: List[Running]
+) -> None:
+    """Once a watcher's rate-limit window is full (or it is TRIGGERED), the matcher only
+    counts its lines: the skipped / ignored counts are still exact, line by line, and a
+    watcher with a condition is still judged per line."""
+    limited = regex_watcher("limited", "HIT", "true", rate_limit=RateLimit(3, 3600.0))
+    once = regex_watcher("once", "HIT", "true", max_triggers=1)
+    cond = regex_watcher(
+        "cond",
+        r"HIT (\d+)",
+        "true",
+        captures=("n",),
+        condition="int(n) == 4000",
+        rate_limit=RateLimit(1, 3600.0),
+    )
+    r = start(tmp_path, [limited, once, cond])
+    running.append(r)
+    with open(tmp_path / "b.log", "a") as fh:
+        fh.write("HIT 0\nHIT 1\nHIT 2\n")
+    wait_until(lambda: r.engine.counts["matches"] >= 9)
+    wait_until(lambda: len(r.recs("match")) == 4)
+    eng = r.engine
+    assert eng._counted_only(next(iter(eng.files.values()))) == ("limited", "once")
+    body = "".join(f"HIT {i}\nquiet line {i}\n" for i in range(3, 20000))
+    with open(tmp_path / "b.log", "a") as fh:
+        fh.write(body)
+    wait_until(lambda: eng.counts["matches"] >= 3 * 20000)
+    r.stop()
+    assert eng.runtimes["limited"].matches == 20000
+    assert eng.runtimes["once"].matches == 20000
+    assert eng.runtimes["once"].ignored == 19999
+    skipped = [x for x in r.recs("skipped") if x.get("reason") == "rate_limit"]
+    by = {
+        w: sum(x["extra"]["count"] for x in skipped if x["watcher"] == w)
+        for w in ("limited", "cond")
+    }
+    assert by["limited"] == 20000 - 3
+    assert by["cond"] == 0  # its condition refused all but line 4000, which fired
+    assert [m["lineno"] for m in r.recs("match", watcher="cond")] == [4 + 2 * (4000 - 3)]
+    assert len(r.recs("match")) == 5
+
+
 def test_stale_fires_once_per_spell_and_rearms(
     tmp_path: Path, backend: str, running: List[Running]
 ) -> None:
@@ -302,7 +345,9 @@ def test_timer_mode_repeats_with_captured_values(tmp_path: Path, running: List[R
     assert [m["trigger"] for m in r.recs("match")] == ["regex", "timer", "timer"]
 
 
-def test_prometheus_textfile_follows_the_stored_metrics(tmp_path: Path, running: List[Running]) -> None:
+def test_prometheus_textfile_follows_the_stored_metrics(
+    tmp_path: Path, running: List[Running]
+) -> None:
     """With prometheus_textfile set, the daemon keeps each metric's last value there in the
     Prometheus text format (written atomically, at most about once a second)."""
     w = Watcher(
@@ -325,7 +370,9 @@ def test_prometheus_textfile_follows_the_stored_metrics(tmp_path: Path, running:
     assert sample.endswith(" 0.5") and 'watcher="m"' in sample and 'job_id="4242"' in sample
 
 
-def test_deleted_files_are_forgotten_and_new_ones_read_whole(tmp_path: Path, backend: str, running: List[Running]) -> None:
+def test_deleted_files_are_forgotten_and_new_ones_read_whole(
+    tmp_path: Path, backend: str, running: List[Running]
+) -> None:
     """A job that writes and deletes many files does not grow the sidecar: a deleted file's
     state goes once it is read to its end; a file created again under that name is new."""
     r = start(tmp_path, [regex_watcher("e", "X", "true")], backend)

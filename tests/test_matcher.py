@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Sequence, Set, Tuple
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -408,6 +408,71 @@ def test_same_results_as_python_re_line_by_line(
         if c.danger:
             data = data[:10]  # Python re (the reference, maybe the matcher) could take ages
     assert scan(rules, data, lineno) == reference(rules, data, lineno)
+
+
+@settings(
+    max_examples=int(os.environ.get("MATCHER_EXAMPLES", "400")) // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    pats=st.lists(st.tuples(_patterns(), st.booleans()), min_size=1, max_size=6),
+    data=_data,
+    mute=st.sets(st.integers(0, 5)),
+    ascii_only=st.booleans(),
+)
+def test_muted_rules_are_counted_exactly_and_left_out(
+    pats: List[Tuple[str, bool]], data: bytes, mute: Set[int], ascii_only: bool
+) -> None:
+    """scan(mute=K) returns the other rules' matches unchanged and, per muted key, the number
+    of lines Python's re.search finds (split rules, second looks and fallbacks included)."""
+    if ascii_only:  # the counting-only fast path runs on ASCII chunks
+        data = data.decode("utf-8", "replace").encode("ascii", "replace")
+    rules = []
+    for i, (p, ic) in enumerate(pats):
+        p = _number_named(p)
+        try:
+            re.compile(p, re.IGNORECASE if ic else 0)
+        except (re.error, OverflowError, RecursionError):
+            assume(False)
+        c = M._compile(p, ic)
+        if c.unicode_boundary and c.danger and not data.isascii():
+            continue
+        rules.append((i, T(p, ignore_case=ic)))
+        if c.danger:
+            data = data[:10]
+    ref = reference(rules, data, 3)
+    counts: Dict[Hashable, int] = {}
+    got = MultiMatcher(rules).scan(Chunk("/p", data, 0, 3), mute=mute, counts=counts)
+    assert got == [(k, m) for k, m in ref if k not in mute]
+    expected: Dict[Hashable, int] = {}
+    for k, _m in ref:
+        if k in mute:
+            expected[k] = expected.get(k, 0) + 1
+    assert counts == expected
+
+
+def test_muted_rule_is_counted_on_the_fast_path_and_others_still_built() -> None:
+    """A frequent rule that is only counted (rate-limited watcher) gives no LineMatch, its
+    line count is exact, and a rare rule on the same lines keeps its matches and numbers."""
+    rules = [("loss", T(r"loss: ([\d.]+)", ["loss"])), ("oom", T("out of memory"))]
+    lines = [f"step {i} loss: {i}.5" if i % 3 else f"step {i} out of memory" for i in range(300)]
+    data = ("\n".join(lines) + "\n").encode()
+    mm = MultiMatcher(rules)
+    counts: Dict[Hashable, int] = {"loss": 7}  # added to, not replaced
+    got = mm.scan(Chunk("/p", data, 0, 1), mute={"loss"}, counts=counts)
+    assert counts == {"loss": 7 + 200}
+    assert [m.lineno for k, m in got] == list(range(1, 301, 3))
+    assert all(k == "oom" for k, _m in got)
+    assert mm.scan(Chunk("/p", data, 0, 1)) == reference(rules, data)
+    # a chunk with non-ASCII lines (progress bars): those lines get a second look
+    lines += [f"{i}% |████| loss: {i}" for i in range(5)] + ["ünïcode out of memory"]
+    lines += ["loss: é", "loss: ٣"]  # a candidate only, and a Unicode digit
+    data = ("\n".join(lines) + "\n").encode()
+    counts.clear()
+    got = mm.scan(Chunk("/p", data, 0, 1), mute={"loss"}, counts=counts)
+    assert counts == {"loss": 206}
+    assert [m.lineno for k, m in got] == [*range(1, 301, 3), 306]
 
 
 @settings(max_examples=150, deadline=None)

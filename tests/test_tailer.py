@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from sidecar.tailer import Tailer, TailPosition
+from sidecar.tailer import Tailer, TailPosition, _count_lines
 from sidecar.types import Chunk
 
 LINE_RE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
@@ -624,3 +624,31 @@ def test_property_every_line_exactly_once_whatever_the_splits(
         got.append(last)
     assert lines_of(got) == reference(b"".join(writes), max_line)
     assert t.position().offset == len(b"".join(writes))
+
+
+def _lines_ended(data: bytes) -> int:
+    """The reference: walk the bytes; \\n, \\r\\n and a lone \\r each end a line."""
+    n = i = 0
+    while i < len(data):
+        if data[i] == 0x0A:
+            n += 1
+        elif data[i] == 0x0D:
+            n += 1
+            if data[i + 1 : i + 2] == b"\n":
+                i += 1
+        i += 1
+    return n
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.lists(hs.sampled_from([b"a", b"xyz", b"\n", b"\r", b"\r\n", b"\n\r", b"\xe2\x96\x88"])))
+def test_count_lines_equals_a_byte_walk(pieces: List[bytes]) -> None:
+    """_count_lines counts every terminator kind once, a \\r\\n as one line."""
+    data = b"".join(pieces)
+    assert _count_lines(data) == _lines_ended(data)
+
+
+def test_count_lines_with_more_than_4096_carriage_returns() -> None:
+    """A CRLF file and one of lone \\r progress updates past the find-loop's cap."""
+    for data in (b"line\r\n" * 5000, b"10%\r" * 5000 + b"done\n", b"a\r\n\rb\r" * 3000):
+        assert _count_lines(data) == _lines_ended(data)
