@@ -13,15 +13,21 @@ every argument with ``shlex.quote``.
 from __future__ import annotations
 
 import os
-import shlex
-import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from sidecar.model import ActionSpec, Settings
 from sidecar.triggers import Firing
-from sidecar.types import ActionResult
+from sidecar.types import ActionResult, hostname
+
+
+def _quote(s: str) -> str:
+    """shlex.quote, with shlex imported by the actions that build a command line."""
+    import shlex
+
+    return shlex.quote(s)
+
 
 #: environment variables that carry notification defaults (the ssync names accepted too)
 EMAIL_VARS = ("SIDECAR_EMAIL", "SSYNC_EMAIL")
@@ -52,7 +58,7 @@ class JobContext:
         return cls(
             environ=dict(environ),
             job_id=job_id,
-            host=socket.gethostname(),
+            host=hostname(),
             cwd=cwd,
             script=script,
             submit_dir=environ.get("SLURM_SUBMIT_DIR"),
@@ -214,7 +220,7 @@ def prepare(spec: ActionSpec, firing: Firing, ctx: JobContext, settings: Setting
         reason = _text(spec, "reason", variables, f"sidecar watcher {firing.watcher}")
         env = dict(ctx.environ)
         env["SIDECAR_CANCEL_REASON"] = _env_safe(reason)
-        cmd = "scancel " + shlex.quote(ctx.job_id)
+        cmd = "scancel " + _quote(ctx.job_id)
         return Process(cmd, env, ctx.cwd, timeout, ("stop", f"cancel_job: {reason}"))
     if t == "resubmit":
         return _prepare_resubmit(spec, firing, ctx, settings, variables, timeout)
@@ -283,10 +289,10 @@ def _prepare_resubmit(
     name = ctx.environ.get("SLURM_JOB_NAME")
     if name and not any(k.lstrip("-") in ("J", "job-name", "job_name") for k in mods):
         # without this, a script with no --job-name would be named after the copy's file
-        cmd += "--job-name=" + shlex.quote(name) + " "
-    cmd += shlex.quote(new_script)
+        cmd += "--job-name=" + _quote(name) + " "
+    cmd += _quote(new_script)
     if cancel:
-        cmd = f"{cmd} && scancel {shlex.quote(ctx.job_id)}"
+        cmd = f"{cmd} && scancel {_quote(ctx.job_id)}"
     effect = ("stop", "resubmit: original job cancelled") if cancel else None
     return Process(cmd, env, ctx.submit_dir or ctx.cwd, timeout, effect)
 
@@ -367,7 +373,7 @@ def _prepare_notify(
     env["SIDECAR_NOTIFY_URLS"] = "\n".join(urls)
     env["SIDECAR_NOTIFY_TITLE"] = _env_safe(title)
     env["SIDECAR_NOTIFY_BODY"] = _env_safe(body)
-    cmd = shlex.quote(sys.executable) + " -m sidecar.notify"
+    cmd = _quote(sys.executable) + " -m sidecar.notify"
     return Process(cmd, env, ctx.cwd, timeout, shown=f"{t}: {title}")
 
 

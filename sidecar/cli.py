@@ -44,7 +44,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(run_only: bool = False) -> argparse.ArgumentParser:
+    """The command line. ``run_only``: only the ``run`` command (what a job's sidecar
+    parses; the other commands' parsers and the cockpit module cost ~3 ms of start-up)."""
     p = argparse.ArgumentParser(
         prog="sidecar",
         description="Watch a SLURM job's files from inside the job and act on what they say.",
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--log-level", default=os.environ.get("SIDECAR_LOG_LEVEL", "info"))
     r.add_argument("--log-json", action="store_true", help="JSON diagnostics even on a TTY")
+    if run_only:
+        return p
 
     c = sub.add_parser("check", help="validate a config or a script's #WATCHER lines")
     _common(c)
@@ -217,13 +221,11 @@ def _short_slice() -> None:
     but its brief wake-ups are picked sooner on cores the job keeps busy, which is what
     write-to-action latency at nice 19 depends on. SIDECAR_SCHED_SLICE_US sets the slice
     (default 100 us, the kernel's minimum; 0 = leave the default). Older kernels ignore it."""
-    import platform
-
     try:
         us = int(os.environ.get("SIDECAR_SCHED_SLICE_US", "100"))
     except ValueError:
         return
-    nr = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
+    nr = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)
     if us <= 0 or nr is None:
         return
     try:
@@ -243,9 +245,7 @@ def _short_slice() -> None:
 def _ioprio_idle() -> None:
     """The idle I/O class (``ionice -c 3``) for this process, through the ioprio_set system
     call (psutil would cost 15 ms of start-up for this one call)."""
-    import platform
-
-    nr = {"x86_64": 251, "aarch64": 30, "ppc64le": 273, "ppc64": 273}.get(platform.machine())
+    nr = {"x86_64": 251, "aarch64": 30, "ppc64le": 273, "ppc64": 273}.get(os.uname().machine)
     if nr is None:
         return
     try:
@@ -560,7 +560,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         i = raw.index("--")
         raw, wrapped = raw[:i], raw[i + 1 :]
     args_list = _normalise(raw)
-    parser = build_parser()
+    parser = build_parser(run_only=args_list[:1] == ["run"])
     if not args_list:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from sidecar import state as stmod
+from sidecar.types import hostname
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,9 @@ class Sidecar:
 
     @property
     def alive(self) -> bool:
-        import socket
-
         if not self.data.get("running"):
             return False
-        if self.data.get("host") != socket.gethostname():
+        if self.data.get("host") != hostname():
             return True  # another node: trust the file
         return stmod.pid_alive(self.pid)
 

@@ -3,13 +3,15 @@
 structlog is imported when the first diagnostic is emitted, not at start: importing it costs
 about 40 ms of CPU (its package imports its stdlib integration, which pulls in asyncio), and
 at nice 19 on a node whose cores the job saturates every millisecond of start-up CPU turns
-into much more wall time. Modules call ``get_logger(__name__)`` at import time and get a
-small proxy; ``configure`` is called once by the CLI and applied when structlog is loaded.
+into much more wall time; asyncio itself is left out of that import (_import_structlog).
+Modules call ``get_logger(__name__)`` at import time and get a small proxy; ``configure``
+is called once by the CLI and applied when structlog is loaded.
 """
 
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any, Dict, Optional, TextIO
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -51,9 +53,54 @@ class _Stderr:
             return False
 
 
+class _Deferred(types.ModuleType):
+    """Stands in for a module while structlog is imported, and imports the real one the
+    first time one of its attributes is used."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        import importlib
+
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        return getattr(real, attr)
+
+
+def _import_structlog() -> Any:
+    """``import structlog``, without running asyncio's import (about 10 ms of CPU, with ssl
+    and socket): structlog's package imports its stdlib and native modules, whose
+    ``import asyncio`` serves only their async methods, which sidecar never calls. While
+    structlog is imported, ``asyncio`` is a stand-in that imports the real module on first
+    use; afterwards the name is free again, so any later ``import asyncio`` gets the real
+    module. If the stand-in is not enough (a structlog that needs asyncio while it is
+    imported), structlog is imported again the plain way."""
+    if "structlog" in sys.modules or "asyncio" in sys.modules:
+        import structlog
+
+        return structlog
+    stand_in = _Deferred("asyncio")
+    stand_in.__spec__ = None
+    sys.modules["asyncio"] = stand_in
+    try:
+        import structlog
+
+        return structlog
+    except Exception:
+        for name in [n for n in sys.modules if n == "structlog" or n.startswith("structlog.")]:
+            del sys.modules[name]
+    finally:
+        if sys.modules.get("asyncio") is stand_in:
+            del sys.modules["asyncio"]
+    import structlog
+
+    return structlog
+
+
 def _apply() -> None:
     global _configured
-    import structlog
+    structlog = _import_structlog()
 
     stream = _settings["stream"] or _Stderr()
     json = _settings["json"]
@@ -91,9 +138,7 @@ class _LazyLogger:
         if not _configured:
             _apply()
         if self._real is None:
-            import structlog
-
-            self._real = structlog.get_logger(self._name, **self._bind)
+            self._real = _import_structlog().get_logger(self._name, **self._bind)
         return self._real
 
     def bind(self, **kw: Any) -> _LazyLogger:

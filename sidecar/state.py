@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from sidecar.types import hostname
 
 STATE_DIR = ".sidecar"
 VERSION = 1
@@ -65,7 +66,7 @@ def default_state_path(
     config_id: str,
     restart: int = 0,
 ) -> str:
-    key = state_key(job_id, socket.gethostname(), config_id, restart)
+    key = state_key(job_id, hostname(), config_id, restart)
     return os.path.join(state_dir_for(event_log_path, cwd), key + ".json")
 
 

@@ -9,6 +9,7 @@ Everything here is a frozen dataclass or an enum; no module-level work, no I/O.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping, Optional, Tuple
@@ -107,6 +108,12 @@ class ActionResult:
     error: Optional[str] = None
     timed_out: bool = False
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+def hostname() -> str:
+    """This node's name, as ``socket.gethostname()`` gives it (both read the kernel's UTS
+    nodename), without importing socket at start-up."""
+    return os.uname().nodename
 
 
 def utc_now_iso() -> str:
