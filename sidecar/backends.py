@@ -141,6 +141,17 @@ WATCH_MASK = (
 def _default_inotify() -> Any:
     import inotify_simple
 
+    if getattr(inotify_simple, "_libc", False) is None:
+        # inotify_simple finds libc with ctypes.util.find_library("c"), which runs
+        # `ldconfig -p` in a subprocess (~2 ms of CPU, and a process start: slow at nice 19
+        # on a busy node). The C library is in the process's own symbol namespace already.
+        import ctypes
+
+        try:
+            inotify_simple._libc = ctypes.CDLL(None, use_errno=True)
+            inotify_simple._libc.inotify_init1  # noqa: B018 - fails here if absent
+        except (OSError, AttributeError):
+            inotify_simple._libc = None
     return inotify_simple.INotify(nonblocking=True)
 
 

@@ -163,9 +163,8 @@ def _load_statfs() -> Any:
         _statfs_fn = False
         try:
             import ctypes
-            import platform
 
-            if sys.platform.startswith("linux") and platform.machine().lower() in _LONG_FIRST:
+            if sys.platform.startswith("linux") and os.uname().machine.lower() in _LONG_FIRST:
                 libc = ctypes.CDLL(None, use_errno=True)
                 fn = libc.statfs
                 fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p]

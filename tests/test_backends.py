@@ -694,3 +694,39 @@ def test_poll_watch_dir_rejects_missing_and_files(pfs) -> None:
         b.watch_dir("/nope", recursive=False)
     with pytest.raises(BackendError, match="not a directory"):
         b.watch_dir("/w/existing.log", recursive=False)
+
+
+def test_default_inotify_starts_no_process_to_find_libc() -> None:
+    """inotify_simple would run `ldconfig -p` (ctypes.util.find_library) to find libc: a
+    process start, slow at nice 19 on a busy node. The backend hands it the C library of
+    the process instead; watching still works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import subprocess, tempfile, os\n"
+        "started = []\n"
+        "orig = subprocess.Popen.__init__\n"
+        "def spy(self, *a, **k):\n"
+        "    started.append(a[0] if a else k.get('args'))\n"
+        "    return orig(self, *a, **k)\n"
+        "subprocess.Popen.__init__ = spy\n"
+        "from sidecar.backends import InotifyBackend\n"
+        "b = InotifyBackend()\n"
+        "d = tempfile.mkdtemp()\n"
+        "b.watch_dir(d, False)\n"
+        "open(os.path.join(d, 'x.log'), 'w').close()\n"
+        "import select\n"
+        "select.select([b.fileno()], [], [], 5)\n"
+        "print(started, any(e.path.endswith('x.log') for e in b.read()))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["[]", "True"]
