@@ -191,6 +191,15 @@ class EventLog:
         with self._lock:
             return self._flush()
 
+    def retry_due_in(self) -> Optional[float]:
+        """Seconds until the backlog is to be tried again (0: now); None when nothing waits.
+        The daemon wakes up for it, so kept records reach the log once the disk has room
+        again, even if nothing new happens."""
+        with self._lock:
+            if not self._backlog and not self._lost:
+                return None
+            return max(0.0, self._next_try - self._clock())
+
     def pending(self) -> int:
         """Records waiting in the backlog."""
         with self._lock:
@@ -637,6 +646,7 @@ def _follow_jsonl(path: str, stop: Callable[[], bool], poll: float, from_start: 
     ident: Tuple[int, int] = (0, 0)
     pending = b""
     first = True
+    final = False
     try:
         while True:
             if f is None:
@@ -675,8 +685,11 @@ def _follow_jsonl(path: str, stop: Callable[[], bool], poll: float, from_start: 
                     f.close()
                     f = None
                     continue
-            if stop():
+            if final:
                 return
+            if stop():
+                final = True  # read once more: what was written until now is still yielded
+                continue
             time.sleep(poll)
     finally:
         if f is not None:
@@ -689,6 +702,7 @@ def _follow_sqlite(path: str, stop: Callable[[], bool], poll: float, from_start:
 
     conn = None
     last: Optional[int] = 0 if from_start else None
+    final = False
     try:
         while True:
             try:
@@ -710,8 +724,11 @@ def _follow_sqlite(path: str, stop: Callable[[], bool], poll: float, from_start:
                         break
             except sqlite3.OperationalError:  # no table yet, locked: try again later
                 pass
-            if stop():
+            if final:
                 return
+            if stop():
+                final = True  # read once more: what was written until now is still yielded
+                continue
             time.sleep(poll)
     finally:
         if conn is not None:

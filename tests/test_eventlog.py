@@ -314,6 +314,31 @@ def _failing_write(fail: Dict[str, Any]) -> Any:
     return write
 
 
+def test_retry_due_in_says_when_a_kept_backlog_is_to_be_tried_again(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """None while all is written; after a failure, the retry interval, counting down to 0;
+    retry() then writes the backlog and it is None again (the daemon sleeps until then)."""
+    path = str(tmp_path / "ev.jsonl")
+    clock = Clock()
+    log = open_event_log(path, clock=clock)
+    log.write(rec(0))
+    assert log.retry_due_in() is None
+    fail = {"on": True, "calls": 0}
+    monkeypatch.setattr(os, "write", _failing_write(fail))
+    log.write(rec(1))
+    assert log.retry_due_in() == 1.0
+    clock.t += 0.25
+    assert log.retry_due_in() == 0.75
+    clock.t += 1.0
+    assert log.retry_due_in() == 0.0
+    fail["on"] = False
+    assert log.retry() is True
+    assert log.retry_due_in() is None
+    log.close()
+    assert messages(path) == ["m0", "m1"]
+
+
 def test_disk_full_keeps_records_and_writes_them_later_in_order(
     tmp_path: Any, monkeypatch: Any
 ) -> None:

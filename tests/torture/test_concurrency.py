@@ -223,12 +223,6 @@ def test_many_sidecar_daemons_share_one_jsonl_and_one_sqlite_log(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (eventlog.follow_records): stop() is checked after the last read, so a record "
-    "written between that read and the moment stop() turns true is never yielded, although "
-    "the docstring promises that what is there when stop() turns true is still read",
-)
 @pytest.mark.parametrize("fmt", ["jsonl", "db"])
 def test_follow_stop_reads_what_is_there_when_stop_turns_true(tmp_path: Path, fmt: str) -> None:
     """A record written just before stop() turns true is still yielded by the follower."""

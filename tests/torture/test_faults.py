@@ -125,12 +125,6 @@ def test_event_log_on_a_full_disk(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN GAP (engine): the event log backlog is only retried when the next record is "
-    "written (or at stop): after the disk has room again, a quiet sidecar keeps its backlog "
-    "in memory and the log stays incomplete",
-)
 def test_event_log_backlog_lands_without_new_events(
     tmp_path: Path, small_tmpfs: Path, daemons: List[Daemon]  # noqa: F811
 ) -> None:
