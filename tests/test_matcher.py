@@ -380,6 +380,25 @@ _pieces = st.one_of(
 _data = st.lists(_pieces, max_size=30).map(b"".join)
 
 
+def _rules_for(pats: List[Tuple[str, bool]], data: bytes) -> Tuple[List[Any], bytes]:
+    """The generated patterns as rules keyed 0..n (hypothesis skips a draw Python cannot
+    compile), and the data, cut short where a pattern may backtrack for ages."""
+    rules = []
+    for i, (p, ic) in enumerate(pats):
+        p = _number_named(p)
+        try:
+            re.compile(p, re.IGNORECASE if ic else 0)
+        except (re.error, OverflowError, RecursionError):
+            assume(False)
+        c = M._compile(p, ic)
+        if c.unicode_boundary and c.danger and not data.isascii():
+            continue  # by design: ASCII \b there (see test_dangerous_unicode_boundary...)
+        rules.append((i, T(p, ignore_case=ic)))
+        if c.danger:
+            data = data[:10]  # Python re (the reference, maybe the matcher) could take ages
+    return rules, data
+
+
 @settings(
     max_examples=int(os.environ.get("MATCHER_EXAMPLES", "400")),
     deadline=None,
@@ -394,19 +413,7 @@ def test_same_results_as_python_re_line_by_line(
     pats: List[Tuple[str, bool]], data: bytes, lineno: int
 ) -> None:
     """No false negatives, no false positives, same $0/groups/named, same line numbers."""
-    rules = []
-    for i, (p, ic) in enumerate(pats):
-        p = _number_named(p)
-        try:
-            re.compile(p, re.IGNORECASE if ic else 0)
-        except (re.error, OverflowError, RecursionError):
-            assume(False)
-        c = M._compile(p, ic)
-        if c.unicode_boundary and c.danger and not data.isascii():
-            continue  # by design: ASCII \b there (see test_dangerous_unicode_boundary...)
-        rules.append((i, T(p, ignore_case=ic)))
-        if c.danger:
-            data = data[:10]  # Python re (the reference, maybe the matcher) could take ages
+    rules, data = _rules_for(pats, data)
     assert scan(rules, data, lineno) == reference(rules, data, lineno)
 
 
@@ -428,19 +435,7 @@ def test_muted_rules_are_counted_exactly_and_left_out(
     of lines Python's re.search finds (split rules, second looks and fallbacks included)."""
     if ascii_only:  # the counting-only fast path runs on ASCII chunks
         data = data.decode("utf-8", "replace").encode("ascii", "replace")
-    rules = []
-    for i, (p, ic) in enumerate(pats):
-        p = _number_named(p)
-        try:
-            re.compile(p, re.IGNORECASE if ic else 0)
-        except (re.error, OverflowError, RecursionError):
-            assume(False)
-        c = M._compile(p, ic)
-        if c.unicode_boundary and c.danger and not data.isascii():
-            continue
-        rules.append((i, T(p, ignore_case=ic)))
-        if c.danger:
-            data = data[:10]
+    rules, data = _rules_for(pats, data)
     ref = reference(rules, data, 3)
     counts: Dict[Hashable, int] = {}
     got = MultiMatcher(rules).scan(Chunk("/p", data, 0, 3), mute=mute, counts=counts)
