@@ -2156,15 +2156,15 @@ class Engine:
         c.extend(g.deadline() for g in self.gatherers.values())
         if self._state_dirty_at is not None:
             c.append(max(self._state_dirty_at, self._last_save + 1.0))
-        c.append(self._log_retry_at())
+        r = self._log_retry_in()
+        c.append(None if r is None else self.clock() + r)
         return next_deadline(c)
 
-    def _log_retry_at(self) -> Optional[float]:
-        """When the event log's backlog (records kept while it could not be written) is to
-        be tried again, on the engine's clock; None when nothing waits."""
+    def _log_retry_in(self) -> Optional[float]:
+        """Seconds until the event log's backlog (records kept while it could not be
+        written) is to be tried again (0: now); None when nothing waits."""
         due_in = getattr(self.eventlog, "retry_due_in", None)
-        r = due_in() if due_in is not None else None
-        return None if r is None else self.clock() + r
+        return due_in() if due_in is not None else None
 
     def _due(self, now: float) -> None:
         for tr in list(self.stale.values()):
@@ -2219,8 +2219,7 @@ class Engine:
             self._state_dirty_at, self._last_save + 1.0
         ):
             self.save_state()
-        due_in = getattr(self.eventlog, "retry_due_in", None)
-        if due_in is not None and due_in() == 0.0:  # (on the event log's own clock)
+        if self._log_retry_in() == 0.0:  # (on the event log's own clock)
             self.eventlog.retry()
         if self._pid_poll_at is not None and now >= self._pid_poll_at:
             self._pid_poll_at = now + 2.0
