@@ -512,6 +512,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
             + "; rate limits are not applied in a replay",
             file=sys.stderr,
         )
+    for name, path, lineno in summary.timed_out:
+        print(
+            f"sidecar: {path}:{lineno} [{name}]: gave up after regex_time_limit "
+            f"({cfg.settings.regex_time_limit:g} s of CPU) in Python re: taken as not matching",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

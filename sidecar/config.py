@@ -872,6 +872,10 @@ class SettingsModel(BaseModel):
     nice: int = Field(_DEFAULTS.nice, ge=0, le=19)
     ionice_idle: bool = _DEFAULTS.ionice_idle
     max_line: int = Field(_DEFAULTS.max_line, ge=1)
+    regex_time_limit: float = Field(
+        _DEFAULTS.regex_time_limit, ge=0, allow_inf_nan=False,
+        description="seconds of CPU a pattern on Python re may take on one line (0 = no limit)",
+    )
     chunk_size: int = Field(_DEFAULTS.chunk_size, ge=1)
     start_at: StartAt = _DEFAULTS.start_at  # type: ignore[assignment]
     resubmit_limit: int = Field(_DEFAULTS.resubmit_limit, ge=0)
@@ -1626,6 +1630,7 @@ def _to_settings(sm: SettingsModel) -> m.Settings:
         nice=sm.nice,
         ionice_idle=sm.ionice_idle,
         max_line=sm.max_line,
+        regex_time_limit=float(sm.regex_time_limit),
         chunk_size=sm.chunk_size,
         start_at=sm.start_at,
         resubmit_limit=sm.resubmit_limit,

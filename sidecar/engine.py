@@ -759,7 +759,7 @@ class Engine:
                 t = self.runtimes[n].watcher.trigger
                 assert isinstance(t, RegexTrigger)
                 rules.append((n, t))
-            m = MultiMatcher(rules)
+            m = MultiMatcher(rules, time_limit=self.settings.regex_time_limit)
             self._matchers[names] = m
         return m
 
@@ -1225,6 +1225,8 @@ class Engine:
         except Exception as exc:
             self._record("error", file=st.path, message=f"matching failed: {exc!r}")
             return
+        if st.matcher.timed_out:
+            self._regex_timed_out(st.matcher.timed_out, "line_regex")
         for name, n in counted.items():
             self.counts["matches"] += n
             self.runtimes[name].refused(n)
@@ -2101,11 +2103,14 @@ class Engine:
         if not data.endswith((b"\n", b"\r")):
             data += b"\n"
         chunk = Chunk(path=f"probe:{name}", data=data, offset=0, lineno=1)
+        matcher = self._matcher_for((name,))
         try:
-            hits = self._matcher_for((name,)).scan(chunk)
+            hits = matcher.scan(chunk)
         except Exception as exc:
             self._record("error", watcher=name, message=f"matching failed: {exc!r}")
             return
+        if matcher.timed_out:
+            self._regex_timed_out(matcher.timed_out, "line_regex")
         for n, m in hits:
             self.counts["matches"] += 1
             self._on_match(n, m, None)
@@ -2121,7 +2126,9 @@ class Engine:
                 return
             from sidecar.records import RecordGatherer
 
-            g = self.gatherers[key] = RecordGatherer(self._multiline[name])
+            g = self.gatherers[key] = RecordGatherer(
+                self._multiline[name], budget=self._end_budget()
+            )
         if g.is_open and chunk.lineno <= g.last_lineno:
             # the file was truncated or replaced (its lines are numbered from 1 again): the
             # record gathered so far is handed over as it is
@@ -2133,8 +2140,46 @@ class Engine:
         from sidecar.records import gather_chunk
 
         ordered = [starts[k] for k in sorted(starts)]
-        for rec in gather_chunk(g, chunk, ordered, self.clock()):
+        try:
+            recs = list(gather_chunk(g, chunk, ordered, self.clock()))
+        finally:
+            self._end_budget().done()
+        if g.timed_out:
+            self._regex_timed_out([(name, st.path, n) for n in g.timed_out], "multiline end")
+            g.timed_out.clear()
+        for rec in recs:
             self._on_match(name, rec.start, st, record=rec)
+
+    def _end_budget(self) -> Any:
+        """The CPU-time limit of the multi-line records' end regexes (one for all)."""
+        b = getattr(self, "_end_search_budget", None)
+        if b is None:
+            from sidecar.budget import SearchBudget
+
+            b = self._end_search_budget = SearchBudget(self.settings.regex_time_limit)
+        return b
+
+    def _regex_timed_out(self, found: List[Tuple[str, str, int]], what: str) -> None:
+        """Report (and clear) the lines a Python re search gave up on: one warning each."""
+        limit = self.settings.regex_time_limit
+        for name, path, lineno in found:
+            probe = path.startswith("probe:")
+            self._record(
+                "warning",
+                reason="regex_time_limit",
+                watcher=name,
+                trigger="probe" if probe else "regex",
+                file=None if probe else path,
+                lineno=lineno,
+                message=(
+                    f"{what} of watcher {name!r} gave up on line {lineno}"
+                    f"{'' if probe else ' of ' + path} after {limit:g} s of CPU in Python re, "
+                    "and took the line as not matching: the pattern can backtrack "
+                    "catastrophically (`sidecar check` says why); rewrite it, or raise "
+                    "regex_time_limit"
+                ),
+            )
+        del found[:]
 
     def _gathered(self, rec: Any, key: Tuple[str, str]) -> None:
         st = self.files.get(key[1])

@@ -61,6 +61,7 @@ from typing import (
     Tuple,
 )
 
+from sidecar.budget import BudgetExceeded, SearchBudget
 from sidecar.log import get_logger
 from sidecar.model import RegexTrigger
 from sidecar.types import Chunk, LineMatch
@@ -1060,9 +1061,16 @@ class MultiMatcher:
     order, then rule order; a rule matches a line at most once (its first match, with
     ``re.search`` semantics). Raises :class:`PatternError` listing every pattern that Python
     cannot compile (:func:`compile_check` says the same per trigger).
+
+    ``time_limit``: seconds of CPU time one Python ``re`` search (a rule RE2 cannot run, on
+    one line) may take; 0 = no limit. A line that runs out of it does not match that rule and
+    is put in :attr:`timed_out` as (key, path, line number), for the caller to report and
+    clear.
     """
 
-    def __init__(self, rules: Sequence[Tuple[Hashable, RegexTrigger]]) -> None:
+    def __init__(
+        self, rules: Sequence[Tuple[Hashable, RegexTrigger]], time_limit: float = 0.0
+    ) -> None:
         built: List[_Rule] = []
         problems: List[Tuple[Hashable, str]] = []
         for i, (key, trig) in enumerate(rules):
@@ -1078,6 +1086,9 @@ class MultiMatcher:
         self._any_nb_empty = any(r.c.nb_empty for r in built)
         self._plans: Dict[bool, List[_Pass]] = {}
         self._failed_logged = False
+        self._budget = SearchBudget(time_limit)
+        #: (key, path, line number) of the lines a Python re search gave up on
+        self.timed_out: List[Tuple[Hashable, str, int]] = []
 
     def engines(self) -> List[Tuple[Hashable, str]]:
         """(key, "re2" | "re") for each rule, in order."""
@@ -1114,6 +1125,8 @@ class MultiMatcher:
                 _log.error("matcher_fast_path_failed", path=chunk.path, error=repr(e))
             out = self._scan_lines(chunk)
             muted = dict.fromkeys(muted, 0)
+        finally:
+            self._budget.done()
         if not muted:
             return out
         keys = self._keys
@@ -1242,6 +1255,7 @@ class MultiMatcher:
         count = buf.count
         U = _UNANCHORED
         new = _new_line_match
+        search = self._budget.search
         last = 0
         cur = -1
         prev_idx = -1
@@ -1304,8 +1318,12 @@ class MultiMatcher:
                 spans = c.exact(U, src, base, end)
                 if spans[0][0] < 0:
                     continue
-            else:  # Python re on the decoded line
-                m = c.py.search(line)
+            else:  # Python re on the decoded line, within its CPU time
+                try:
+                    m = search(c.py, line)
+                except BudgetExceeded:
+                    self.timed_out.append((keys[idx], path, lineno))
+                    continue
                 if m is None:
                     continue
                 groups = m.groups()
@@ -1327,9 +1345,14 @@ class MultiMatcher:
 
     def _scan_lines(self, chunk: Chunk) -> List[Tuple[Hashable, LineMatch]]:
         out: List[Tuple[Hashable, LineMatch]] = []
+        search = self._budget.search
         for i, line in enumerate(_split_lines(chunk.data)):
             for r in self._rules:
-                m = r.c.py.search(line)
+                try:
+                    m = search(r.c.py, line)
+                except BudgetExceeded:
+                    self.timed_out.append((r.key, chunk.path, chunk.lineno + i))
+                    continue
                 if m is not None:
                     groups = m.groups()
                     lm = LineMatch(
@@ -1368,7 +1391,10 @@ def compile_check(trigger: RegexTrigger) -> Tuple[str, Optional[str]]:
         return ENGINE_INVALID, _py_error(trigger.pattern, e)
     msgs: List[str] = []
     if c.exact is None:
-        msgs.append(f"{c.reason}, so it runs on Python re (slower, and without a time limit)")
+        msgs.append(
+            f"{c.reason}, so it runs on Python re (slower; a line that takes it more than "
+            "regex_time_limit of CPU, 0.1 s by default, is taken as not matching)"
+        )
         if c.danger:
             msgs.append(
                 f"{c.danger} can make Python re take exponential time on some lines "

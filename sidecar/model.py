@@ -247,6 +247,7 @@ class Settings:
     nice: int = 10  # added to the niceness at start (0 = leave it)
     ionice_idle: bool = True  # best-effort idle I/O class
     max_line: int = 1 << 20
+    regex_time_limit: float = 0.1  # s of CPU a Python re search may take on one line; 0 = none
     chunk_size: int = 1 << 18  # 256 KiB: faster than 1 MiB (cache) and a smaller peak RSS
     start_at: str = "start"
     resubmit_limit: int = 3

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Pattern, Sequence, Tuple
 
+from sidecar.budget import BudgetExceeded, SearchBudget
 from sidecar.model import MultiLine
 from sidecar.types import Chunk, LineMatch
 
@@ -88,7 +89,12 @@ class RecordGatherer:
     """
 
     def __init__(
-        self, spec: MultiLine, *, line_cap: int = LINE_CAP, max_chars: int = MAX_CHARS
+        self,
+        spec: MultiLine,
+        *,
+        line_cap: int = LINE_CAP,
+        max_chars: int = MAX_CHARS,
+        budget: Optional[SearchBudget] = None,
     ) -> None:
         try:
             self._end: Pattern[str] = re.compile(spec.end)
@@ -105,6 +111,10 @@ class RecordGatherer:
         self._last = 0
         self._chars = 0
         self._last_time = 0.0
+        #: the end regex's CPU-time limit per line (the caller calls its ``done()``)
+        self._budget = budget
+        #: numbers of the lines the end regex gave up on (taken as not ending the record)
+        self.timed_out: List[int] = []
 
     # ------------------------------------------------------------------ state
     @property
@@ -179,7 +189,14 @@ class RecordGatherer:
         self._lines.append(self._keep(line))
         self._last = lineno
         self._last_time = now
-        m = self._end.search(probe)
+        if self._budget is None:
+            m = self._end.search(probe)
+        else:
+            try:
+                m = self._budget.search(self._end, probe)
+            except BudgetExceeded:
+                self.timed_out.append(lineno)
+                m = None
         if m is not None:
             return self._close("end", m.groups())
         if self._full():

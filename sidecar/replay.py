@@ -36,6 +36,8 @@ class ReplaySummary:
     firings: Dict[str, int] = field(default_factory=dict)
     not_replayable: List[str] = field(default_factory=list)
     ends_job_at: Optional[Tuple[str, int, str]] = None  # first firing that cancels the job
+    #: (watcher, file, line number) a Python re search gave up on (regex_time_limit)
+    timed_out: List[Tuple[str, str, int]] = field(default_factory=list)
 
 
 def regex_watchers(cfg: Config) -> List[Watcher]:
@@ -64,7 +66,7 @@ def replay(
         rules.append((w.name, w.trigger))
     by_name = {w.name: w for w in ws}
     fired: Dict[str, int] = {}
-    matcher = MultiMatcher(rules)
+    matcher = MultiMatcher(rules, time_limit=cfg.settings.regex_time_limit)
     for path in files:
         tailer = Tailer(path, start_at="start")
         try:
@@ -76,7 +78,11 @@ def replay(
                 for ch in chunks:
                     summary.bytes += len(ch.data)
                     summary.lines += ch.data.count(b"\n") + (0 if ch.data.endswith(b"\n") else 1)
-                    for name, m in matcher.scan(ch):
+                    hits = matcher.scan(ch)
+                    for key, p, no in matcher.timed_out:
+                        summary.timed_out.append((str(key), p, no))
+                    del matcher.timed_out[:]
+                    for name, m in hits:
                         w = by_name[str(name)]
                         summary.matches[w.name] = summary.matches.get(w.name, 0) + 1
                         captures, _vars = match_variables(w, m)

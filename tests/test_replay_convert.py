@@ -68,6 +68,21 @@ def test_replay_cli_prints_and_never_runs_actions(tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "sidecar-events.jsonl").exists()
 
 
+def test_replay_gives_up_on_a_backtracking_line_and_says_where(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A replay applies regex_time_limit like the daemon: the evil line is named on stderr,
+    the next line is still replayed."""
+    (tmp_path / "c.toml").write_text(
+        "regex_time_limit = 0.05\n[[regex_actions]]\nname = 'evil'\nfilepath_regex = 'x'\n"
+        "line_regex = '(a|a?)+$'\ncmd = 'true'\n"
+    )
+    log = tmp_path / "a.log"
+    log.write_text("a" * 40 + "!\na\n")
+    assert main(["replay", str(tmp_path / "c.toml"), "-l", str(log)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{log}:2 [evil]" in out and f"{log}:1 [evil]" not in out
+    assert f"{log}:1 [evil]: gave up after regex_time_limit (0.05 s of CPU)" in err
+
+
 def test_convert_round_trip_keeps_the_watchers(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Converting a script's watchers to TOML and loading that gives the same watchers; the
     TOML source matches the job's output files by name."""
