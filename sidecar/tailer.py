@@ -17,8 +17,9 @@ What is guaranteed (every byte the tailer can observe is delivered exactly once)
 
 * appends: every byte, once, in order; a partial line is delivered when its terminator
   arrives, or by :meth:`flush` (``partial=True``) at shutdown.
-* truncation (the size at ``path`` is below the offset read so far, or the first bytes of
-  the file changed): reading restarts at offset 0, line numbers at 1. Whatever was written
+* truncation (the size is below the offset read so far, or the first bytes of the file
+  changed; checked at every read, through the open fd when ``path`` no longer names the
+  file): reading restarts at offset 0, line numbers at 1. Whatever was written
   after the truncation is read. The partial line held back from before it is delivered
   first (``partial=True``). A size below the offset is double-checked (first bytes
   unchanged and a byte still readable at the offset means the size was stale, as NFS
@@ -149,7 +150,6 @@ class Tailer:
         self._skip_lf = False  # the last byte delivered was a \r ending a line
         self._discard = False  # skipping the rest of a cut line
         self._head = b""  # the first bytes of the file, as read (for truncation detection)
-        self._mtime = -1
         self._closed = False
         self._problem: Optional[str] = None
         self._ids_unreliable = False
@@ -249,7 +249,6 @@ class Tailer:
             self._lineno = 1
             self._skip_lf = self._discard = False
             self._head = b""
-            self._mtime = st.st_mtime_ns
             start = 0
             if (
                 position is not None
@@ -372,19 +371,23 @@ class Tailer:
             except OSError as exc:  # e.g. the directory lost its x bit: keep reading the fd
                 self._report("stat", exc)
             same = not missing and (st is None or self._same_id(st))
-            if same and st is not None:
+            if not same or st is None:
+                # path names another file or none (or cannot be looked at): judge the open
+                # file itself, which may have been truncated before it was renamed away
+                assert self._fd is not None
+                try:
+                    st = self._fs.fstat(self._fd)
+                except OSError:
+                    st = None
+            if st is not None:
                 if st.st_size < self._off:
                     truncated = self._truncated()
-                else:  # same size or more: was it truncated and rewritten since?
-                    truncated = (
-                        st.st_mtime_ns != self._mtime
-                        and self._off > 0
-                        and bool(self._head)
-                        and self._head_changed()
-                    )
+                else:  # same size or more: was it truncated and rewritten since? The head
+                    # is compared at every read, not only when the mtime moved: a kernel
+                    # whose mtimes only change every few ms can hide a rewrite
+                    truncated = self._off > 0 and bool(self._head) and self._head_changed()
                 if truncated:
                     self._restart(out)
-                self._mtime = st.st_mtime_ns
             budget = self._drain(budget, out)
             if self._problem is not None and self._problem.startswith("read"):
                 self._problem = None

@@ -75,7 +75,6 @@ class Line:
     seen: Optional[bytes] = None  # content when the sidecar last looked
     cut_at: Optional[bytes] = None  # content frozen by a truncation (bytes after it gone)
     lost: bool = False
-    uncertain: bool = False  # the known gap below: at most once, text not checked
 
 
 @dataclass
@@ -86,8 +85,6 @@ class Inc:
     opened: bool = False
     nlines: int = 0
     last_cr: bool = False  # the last byte written is a lone \r (an \n now would merge)
-    truncated_since_look: bool = False
-    truncated_open: Optional[Line] = None  # the partial line a truncation froze
 
     @property
     def open_line(self) -> Optional[Line]:
@@ -200,17 +197,12 @@ class Model:
         if inc is None:
             return
         os.truncate(self.dir / f, 0)
-        open_line = inc.open_line
         for ln in inc.lines:
             if ln.seen is None:
                 ln.lost = True  # its bytes are gone before the sidecar could read them
             else:
                 ln.cut_at = ln.seen  # what was read of it is all that will ever be
                 ln.complete = True
-        if inc.opened:
-            inc.truncated_since_look = True
-            if open_line is not None and not open_line.lost:
-                inc.truncated_open = open_line
         inc.lines = []
         inc.nlines = 0
         inc.last_cr = False
@@ -226,13 +218,6 @@ class Model:
     def _detach(self, f: str, inc: Inc) -> None:
         self.cur[f] = None
         self.detached.append(inc)
-        if inc.truncated_since_look:
-            # KNOWN GAP (test_truncated_then_rotated_before_a_read): the tailer reads the
-            # detached file on from its old offset without noticing the truncation, so
-            # what was written after the truncation is delivered cut, glued, or not at all
-            for ln in inc.lines + [inc.truncated_open] * (inc.truncated_open is not None):
-                assert ln is not None
-                ln.uncertain = True
 
     def delete(self, f: str) -> None:
         inc = self.cur[f]
@@ -254,8 +239,6 @@ class Model:
         for inc in self.cur.values():
             if inc is not None:
                 inc.opened = True
-                inc.truncated_since_look = False
-                inc.truncated_open = None
                 for ln in inc.lines:
                     ln.seen = ln.content
 
@@ -264,7 +247,7 @@ class Model:
         want: Dict[int, Tuple[bytes, int]] = {}
         lost = set()
         for ln in self.all:
-            if ln.id is None or ln.uncertain:
+            if ln.id is None:
                 continue
             if ln.lost:
                 lost.add(ln.id)
@@ -296,16 +279,14 @@ def check(model: Model, log: Path, suite: str) -> Dict[str, int]:
                     f"ID{i}: got line {r['line'][:80]!r} #{r['lineno']}, "
                     f"expected {exp[:80]!r} #{lineno}"
                 )
-    uncertain = {ln.id for ln in model.all if ln.uncertain and ln.id is not None}
     dups = sorted(i for i, n in got.items() if n > 1)
     missing = sorted(set(want) - set(got))
-    phantom = sorted(set(got) - set(want) - uncertain)
+    phantom = sorted(set(got) - set(want))
     figs = {
         "cases": 1,
         "lines_written": sum(1 for ln in model.all if ln.id is not None),
         "lines_delivered": sum(got.values()),
         "lines_not_deliverable": len(lost),
-        "lines_known_gap": len(uncertain),
         "duplicates": sum(n - 1 for n in got.values() if n > 1),
         "lines_lost": len(missing),
         "phantoms": len(phantom),
@@ -463,13 +444,6 @@ def test_burst_beyond_the_inotify_queue_loses_nothing(backend: str) -> None:
         assert figs["queue_overflows"] >= 1  # the overflow path was taken
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN GAP (tailer): a file truncated and rewritten, then rotated or deleted "
-    "before the next read, is read on from the old offset through the open fd (the "
-    "truncation is only checked while the path still names the file): the rewritten lines "
-    "are lost, or delivered cut in the middle",
-)
 @pytest.mark.parametrize("backend", ["inotify", "poll"])
 def test_truncated_then_rotated_before_a_read(backend: str) -> None:
     """Truncate + rewrite + rotate between two reads: the rewritten lines are delivered."""
@@ -573,12 +547,6 @@ class _CoarseMtimeFS:
         return getattr(self._fs, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN GAP (tailer): with mtimes of jiffy resolution (Linux < 6.13) a truncation "
-    "followed, within the same tick, by a rewrite to at least the old size is not seen: the "
-    "head is only compared when the mtime changed",
-)
 def test_truncate_and_rewrite_within_one_mtime_tick(tmp_path: Path) -> None:
     """A file truncated and rewritten (same length) right after a read, on a kernel whose
     mtimes only change every 4 ms: the new line must still be delivered."""
