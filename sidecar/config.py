@@ -18,14 +18,18 @@ config is actually loaded.
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import os
 import re
 import sys
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from pydantic import (
+from sidecar import model as m
+from sidecar.lazyimport import skip_plugin_search
+from sidecar.types import USER_EVENT_KINDS
+
+skip_plugin_search()  # none to find: spare the first model build the search
+from pydantic import (  # noqa: E402
     BaseModel,
     ConfigDict,
     Field,
@@ -34,9 +38,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from sidecar import model as m
-from sidecar.types import USER_EVENT_KINDS
 
 if sys.version_info >= (3, 11):
     import tomllib as _toml
@@ -220,6 +221,14 @@ def _check_param_value(v: Any, path: str) -> None:
 # watchers never pays for that table's model).
 _STRICT = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
+
+def _no_items() -> List[Any]:
+    """The default of the list fields. Not ``list``: pydantic asks a default factory for its
+    signature, which for a builtin means parsing its text signature with tokenize (whose
+    regexes cost about 1.5 ms to compile) - the same empty list, for less."""
+    return []
+
+
 EventKind = Literal[
     "create", "modify", "attribute", "remove", "close", "unknown", "delete_directory"
 ]  # must equal types.USER_EVENT_KINDS (a test checks)
@@ -251,6 +260,8 @@ class ActionModel(BaseModel):
     def _known_type(cls, v: str) -> str:
         if v in m.ACTION_TYPES or v in m.ACTION_ALIASES:
             return v
+        import difflib
+
         close = difflib.get_close_matches(v.lower(), _KNOWN_ACTIONS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else "one of " + ", ".join(m.ACTION_TYPES)
         raise _Invalid(f"unknown action type {v!r}", hint)
@@ -343,6 +354,8 @@ def _v_condition(
 def _check_preset(v: str, key: str) -> None:
     if v in m.MULTILINE_PRESETS:
         return
+    import difflib
+
     close = difflib.get_close_matches(v, list(m.MULTILINE_PRESETS), n=1, cutoff=0.5)
     presets = ", ".join(repr(p) for p in m.MULTILINE_PRESETS)
     raise _Invalid(
@@ -454,7 +467,7 @@ class _WatcherModel(_TableModel):
     cmd: Optional[str] = Field(None, min_length=1, description="shell command (or: command)")
     command: Optional[str] = Field(None, min_length=1, description="shell command (or: cmd)")
     actions: List[ActionModel] = Field(
-        default_factory=list, description="actions run after cmd, in order"
+        default_factory=_no_items, description="actions run after cmd, in order"
     )
     start_at: Optional[StartAt] = Field(None, description="default: the top-level start_at")
     max_triggers: Optional[int] = Field(None, ge=1, description="stop firing after N firings")
@@ -522,7 +535,7 @@ class RegexActionModel(_WatcherModel):
         None, gt=0, allow_inf_nan=False, description="action timeout (same as action_timeout)"
     )
     captures: List[str] = Field(
-        default_factory=list, description="names for the regex's groups, in order"
+        default_factory=_no_items, description="names for the regex's groups, in order"
     )
     condition: Optional[str] = Field(
         None, min_length=1, description="act only when this is true, e.g. float(loss) > 5"
@@ -633,7 +646,7 @@ class ProbeActionModel(_TableModel):
     )
     line_regex: str = Field(description="searched in each line of the probe's output")
     captures: List[str] = Field(
-        default_factory=list, description="names for the regex's groups, in order"
+        default_factory=_no_items, description="names for the regex's groups, in order"
     )
     condition: Optional[str] = Field(
         None, min_length=1, description="act only when this is true, e.g. float(util) < 5"
@@ -653,7 +666,7 @@ class ProbeActionModel(_TableModel):
     cmd: Optional[str] = Field(None, min_length=1, description="shell command (or: command)")
     command: Optional[str] = Field(None, min_length=1, description="shell command (or: cmd)")
     actions: List[ActionModel] = Field(
-        default_factory=list, description="actions run after cmd, in order"
+        default_factory=_no_items, description="actions run after cmd, in order"
     )
     max_triggers: Optional[int] = Field(None, ge=1, description="stop firing after N firings")
     rate_limit: Optional[Union[str, RateLimitModel]] = Field(
@@ -711,7 +724,7 @@ class _JobModel(_TableModel):
     cmd: Optional[str] = Field(None, min_length=1, description="shell command (or: command)")
     command: Optional[str] = Field(None, min_length=1, description="shell command (or: cmd)")
     actions: List[ActionModel] = Field(
-        default_factory=list, description="actions run after cmd, in order"
+        default_factory=_no_items, description="actions run after cmd, in order"
     )
     action_timeout: Optional[float] = Field(
         None, gt=0, allow_inf_nan=False, description="seconds per action of this watcher"
@@ -855,7 +868,9 @@ class NotifyModel(BaseModel):
         None, min_length=1, description="apprise mailto:// or mailtos:// URL; default: local MTA"
     )
     slack_webhook: Optional[str] = Field(None, min_length=1)
-    urls: List[str] = Field(default_factory=list, description="extra apprise URLs for notify")
+    urls: List[str] = Field(
+        default_factory=_no_items, description="extra apprise URLs for notify"
+    )
 
 
 class SettingsModel(BaseModel):
@@ -886,7 +901,9 @@ class SettingsModel(BaseModel):
         min_length=1,
         description="keep the stored metrics in this file, in Prometheus text format",
     )
-    notify: NotifyModel = Field(default_factory=lambda: NotifyModel.model_validate({}))
+    # the defaults as such (model_construct): what model_validate({}) gives, without
+    # building NotifyModel's own validator (SettingsModel's has it inside)
+    notify: NotifyModel = Field(default_factory=lambda: NotifyModel.model_construct())
 
 
 class ConfigFileModel(SettingsModel):
@@ -895,14 +912,14 @@ class ConfigFileModel(SettingsModel):
     model_config = ConfigDict(
         extra="forbid", strict=True, title="sidecar config", defer_build=True
     )
-    regex_actions: List[RegexActionModel] = Field(default_factory=list)
-    stale_file_actions: List[StaleFileActionModel] = Field(default_factory=list)
-    file_event_actions: List[FileEventActionModel] = Field(default_factory=list)
-    event_actions: List[FileEventActionModel] = Field(default_factory=list)
-    probe_actions: List[ProbeActionModel] = Field(default_factory=list)
-    job_end_actions: List[JobEndActionModel] = Field(default_factory=list)
-    time_limit_actions: List[TimeLimitActionModel] = Field(default_factory=list)
-    memory_actions: List[MemoryActionModel] = Field(default_factory=list)
+    regex_actions: List[RegexActionModel] = Field(default_factory=_no_items)
+    stale_file_actions: List[StaleFileActionModel] = Field(default_factory=_no_items)
+    file_event_actions: List[FileEventActionModel] = Field(default_factory=_no_items)
+    event_actions: List[FileEventActionModel] = Field(default_factory=_no_items)
+    probe_actions: List[ProbeActionModel] = Field(default_factory=_no_items)
+    job_end_actions: List[JobEndActionModel] = Field(default_factory=_no_items)
+    time_limit_actions: List[TimeLimitActionModel] = Field(default_factory=_no_items)
+    memory_actions: List[MemoryActionModel] = Field(default_factory=_no_items)
 
 
 def json_schema() -> Dict[str, Any]:
@@ -1135,6 +1152,8 @@ def _unknown_key_hint(key: str, allowed: Sequence[str], section: Optional[str]) 
             f"{key!r} belongs in a [[{owners[0]}]] table: is its [[{owners[0]}]] header "
             "missing above it?"
         )
+    import difflib
+
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"did you mean {close[0]!r}?"
@@ -1167,6 +1186,8 @@ def _describe(
     if t == "literal_error":
         expected = str(ctx.get("expected", ""))
         if "event_types" in loc and isinstance(v, str):
+            import difflib
+
             allowed_ev = ", ".join(USER_EVENT_KINDS)
             if v.lower() in USER_EVENT_KINDS:
                 return f"unknown event type {v!r}", f"event types are lower case: {v.lower()!r}"

@@ -11,7 +11,6 @@ is called once by the CLI and applied when structlog is loaded.
 from __future__ import annotations
 
 import sys
-import types
 from typing import Any, Dict, Optional, TextIO
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -53,36 +52,21 @@ class _Stderr:
             return False
 
 
-class _Deferred(types.ModuleType):
-    """Stands in for a module while structlog is imported, and imports the real one the
-    first time one of its attributes is used."""
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        import importlib
-
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        real = importlib.import_module(self.__name__)
-        return getattr(real, attr)
-
-
 def _import_structlog() -> Any:
     """``import structlog``, without running asyncio's import (about 10 ms of CPU, with ssl
     and socket): structlog's package imports its stdlib and native modules, whose
     ``import asyncio`` serves only their async methods, which sidecar never calls. While
     structlog is imported, ``asyncio`` is a stand-in that imports the real module on first
     use; afterwards the name is free again, so any later ``import asyncio`` gets the real
-    module. If the stand-in is not enough (a structlog that needs asyncio while it is
-    imported), structlog is imported again the plain way."""
-    if "structlog" in sys.modules or "asyncio" in sys.modules:
+    module (see sidecar.lazyimport). If the stand-in is not enough (a structlog that needs
+    asyncio while it is imported), structlog is imported again the plain way."""
+    from sidecar.lazyimport import asyncio_stand_in, release
+
+    stand_in = None if "structlog" in sys.modules else asyncio_stand_in()
+    if stand_in is None:
         import structlog
 
         return structlog
-    stand_in = _Deferred("asyncio")
-    stand_in.__spec__ = None
-    sys.modules["asyncio"] = stand_in
     try:
         import structlog
 
@@ -91,8 +75,7 @@ def _import_structlog() -> Any:
         for name in [n for n in sys.modules if n == "structlog" or n.startswith("structlog.")]:
             del sys.modules[name]
     finally:
-        if sys.modules.get("asyncio") is stand_in:
-            del sys.modules["asyncio"]
+        release(stand_in)
     import structlog
 
     return structlog

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Mapping as _AbcMapping
 from dataclasses import dataclass, field
 from enum import Enum
-from collections.abc import Mapping as _AbcMapping
 from typing import Any, Mapping, Optional, Tuple
 
 
