@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks.harness import (
     Daemon,
@@ -157,12 +157,18 @@ def run_follow_check(procs: Procs, cmd: List[str], config: str) -> Dict[str, Any
         dm.stop()
 
 
-def python_floor(procs: Procs, n: int, nice: int = 0) -> Dict[str, float]:
+def python_floor(
+    procs: Procs, n: int, nice: int = 0, no_pth: bool = False
+) -> Dict[str, float]:
     walls: List[float] = []
     cpus: List[float] = []
+    argv = [sys.executable, "-c", "pass"]
+    env = None
+    if no_pth:
+        argv, env = no_pth_command(argv[1:])
     for _ in range(n):
         t0 = time.perf_counter()
-        p = procs.start([sys.executable, "-c", "pass"], nice=nice)
+        p = procs.start(argv, nice=nice, env=env)
         _pid, _status, ru = os.wait4(p.pid, 0)
         walls.append(time.perf_counter() - t0)
         cpus.append(ru.ru_utime + ru.ru_stime)
@@ -171,19 +177,53 @@ def python_floor(procs: Procs, n: int, nice: int = 0) -> Dict[str, float]:
             "cpu_max": max(cpus)}
 
 
-def _cache_env(workdir: str, name: str) -> Dict[str, str]:
+def site_pth_files() -> List[str]:
+    """The ``*.pth`` files of this interpreter's site-packages: ``site`` executes their
+    ``import`` lines at every interpreter start (the machine's, not sidecar's, cost)."""
+    import site
+
+    out: List[str] = []
+    for d in site.getsitepackages():
+        try:
+            out.extend(sorted(f for f in os.listdir(d) if f.endswith(".pth")))
+        except OSError:
+            pass
+    return out
+
+
+def no_pth_command(args: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    """``python3 -S ARGS`` with site-packages on PYTHONPATH: the same imports, without the
+    ``.pth`` hooks that ``site`` runs at every start (a directory on PYTHONPATH is not
+    scanned for them)."""
+    import site
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in (env.get("PYTHONPATH") or "").split(os.pathsep) if p]
+        + site.getsitepackages()
+    )
+    return [sys.executable, "-S", *args], env
+
+
+def _cache_env(
+    workdir: str, name: str, base: Optional[Dict[str, str]] = None
+) -> Dict[str, str]:
     """The environment with sidecar's config cache (``$XDG_CACHE_HOME/sidecar``) in a
     directory of its own: never the user's ~/.cache, and empty for a cold start."""
     d = os.path.join(workdir, "caches", name)
     os.makedirs(d, exist_ok=True)
-    return {**os.environ, "XDG_CACHE_HOME": d}
+    return {**(base or os.environ), "XDG_CACHE_HOME": d}
 
 
-def prime_cache(procs: Procs, cmd: List[str], config: str, nice: int) -> None:
+def prime_cache(
+    procs: Procs, cmd: List[str], config: str, nice: int,
+    base_env: Optional[Dict[str, str]] = None, tag: Optional[str] = None,
+) -> None:
     """One unmeasured start that fills the cache the "warm" starts at ``nice`` use."""
     d = os.path.dirname(config)
-    dm = Daemon(procs, cmd, config, os.path.join(d, f"prime-{nice}.jsonl"), cwd=d,
-                env=_cache_env(d, f"warm-{nice}"))
+    tag = tag or f"{nice}"
+    dm = Daemon(procs, cmd, config, os.path.join(d, f"prime-{tag}.jsonl"), cwd=d,
+                env=_cache_env(d, f"warm-{tag}", base_env))
     try:
         if not dm.wait_ready(120):
             raise RuntimeError(dm.describe_failure())
@@ -193,21 +233,27 @@ def prime_cache(procs: Procs, cmd: List[str], config: str, nice: int) -> None:
 
 def run_startups(
     procs: Procs, cmd: List[str], config: str, n: int, *, nice: int = 0, cache: str = "warm",
-    timeout: float = 300.0,
+    timeout: float = 300.0, no_pth: bool = False,
 ) -> Dict[str, Any]:
     """``cache="warm"``: the validated config is in sidecar's config cache (``sidecar check``
     ran before, or an earlier start: one unmeasured start fills it); ``"cold"``: every start
-    finds an empty cache and validates the TOML itself."""
+    finds an empty cache and validates the TOML itself. ``no_pth``: started as
+    ``python3 -S -m sidecar.cli`` with site-packages on PYTHONPATH (:func:`no_pth_command`)."""
     d = os.path.dirname(config)
     walls: List[float] = []
     cpus: List[float] = []
-    warm_env = _cache_env(d, f"warm-{nice}")
+    base: Optional[Dict[str, str]] = None
+    tag = f"{nice}"
+    if no_pth:
+        cmd, base = no_pth_command(["-m", "sidecar.cli"])
+        tag += "-nopth"
+    warm_env = _cache_env(d, f"warm-{tag}", base)
     if cache == "warm" and not os.listdir(os.path.join(warm_env["XDG_CACHE_HOME"])):
-        prime_cache(procs, cmd, config, nice)
+        prime_cache(procs, cmd, config, nice, base, tag)
     busy = MachineBusy()
     for i in range(n):
-        events = os.path.join(d, f"start-{cache}-{nice}-{i}.jsonl")
-        env = warm_env if cache == "warm" else _cache_env(d, f"cold-{nice}-{i}")
+        events = os.path.join(d, f"start-{cache}-{tag}-{i}.jsonl")
+        env = warm_env if cache == "warm" else _cache_env(d, f"cold-{tag}-{i}", base)
         dm = Daemon(procs, cmd, config, events, cwd=d, nice=nice, env=env)
         try:
             if not dm.wait_ready(timeout):

@@ -189,6 +189,14 @@ class Bench:
             "floor": I.python_floor(self.procs, n),
             "idle_warm": I.run_startups(self.procs, self.cmd, cfg, n, cache="warm"),
             "idle_cold": I.run_startups(self.procs, self.cmd, cfg, n, cache="cold"),
+            # the same without this machine's site .pth hooks (python3 -S, site-packages on
+            # PYTHONPATH): what sidecar costs where the interpreter starts bare
+            "pth_files": I.site_pth_files(),
+            "floor_no_pth": I.python_floor(self.procs, n, no_pth=True),
+            "idle_warm_no_pth": I.run_startups(self.procs, self.cmd, cfg, n, cache="warm",
+                                               no_pth=True),
+            "idle_cold_no_pth": I.run_startups(self.procs, self.cmd, cfg, n, cache="cold",
+                                               no_pth=True),
         }
         out["phases_warm"] = I.phase_profile(cfg, self.work, "warm")
         out["phases_cold"] = I.phase_profile(cfg, self.work, "cold", n=3)
@@ -305,6 +313,17 @@ def rows(r: Dict[str, Any], load: int) -> List[Row]:
         fl = st["loaded"].get("floor", {})
         out.append(Row("  floor: python3 -c pass, idle (CPU / wall ms, median)",
                        f"{f['cpu_med'] * 1000:.0f} / {f['wall_med'] * 1000:.0f}"))
+        if st.get("idle_cold_no_pth"):
+            pth = ", ".join(st.get("pth_files") or []) or "none"
+            fn = st["floor_no_pth"]
+            out.append(Row(f"  floor without the site .pth hooks ({pth}): python3 -S -c pass "
+                           "(CPU ms, median)", f"{fn['cpu_med'] * 1000:.0f}"))
+            for x, label in ((st["idle_warm_no_pth"], "cached"),
+                             (st["idle_cold_no_pth"], "not cached")):
+                out.append(Row(f"start-up CPU to ready, idle, {label}, without the site .pth "
+                               "hooks (ms median/max)",
+                               f"{x['cpu_med'] * 1000:.0f} / {x['cpu_max'] * 1000:.0f}",
+                               f"< {START_CPU_MS:g} ms", x["cpu_med"] * 1000 < START_CPU_MS))
         if fl:
             out.append(Row(f"  floor: python3 -c pass, {loaded} (CPU / wall ms, median)",
                            f"{fl['cpu_med'] * 1000:.0f} / {fl['wall_med'] * 1000:,.0f}"))

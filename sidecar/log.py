@@ -67,6 +67,11 @@ def _import_structlog() -> Any:
         import structlog
 
         return structlog
+    # colorama (with ctypes: ~2.5 ms) serves structlog.dev's colours on Windows only; its
+    # import is optional there (ImportError: its own ANSI codes), which a None entry gives
+    no_colorama = "colorama" not in sys.modules
+    if no_colorama:
+        sys.modules["colorama"] = None  # type: ignore[assignment]
     try:
         import structlog
 
@@ -76,6 +81,8 @@ def _import_structlog() -> Any:
             del sys.modules[name]
     finally:
         release(stand_in)
+        if no_colorama and "colorama" in sys.modules and sys.modules["colorama"] is None:
+            del sys.modules["colorama"]
     import structlog
 
     return structlog

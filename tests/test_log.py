@@ -90,3 +90,25 @@ def test_with_asyncio_already_loaded_structlog_is_imported_plainly() -> None:
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "True"
+
+
+def test_structlog_is_loaded_without_colorama_which_stays_importable() -> None:
+    """colorama (Windows colours only) is not imported with structlog; the console renderer
+    still writes its plain line; a later ``import colorama`` gets the real package where it
+    is installed (its absence is no error either)."""
+    p = run(
+        "import sys\n"
+        "from sidecar.log import configure, get_logger\n"
+        "configure(json=False)\n"
+        "get_logger('t').info('ready', files=2)\n"
+        "print('colorama' in sys.modules)\n"
+        "try:\n"
+        "    import colorama\n"
+        "    print(hasattr(colorama, 'Fore'))\n"
+        "except ImportError:\n"
+        "    print('not installed')\n"
+    )
+    assert p.returncode == 0, p.stderr
+    assert "ready" in p.stderr and "files=2" in p.stderr
+    assert p.stdout.split("\n")[0] == "False"
+    assert p.stdout.split("\n")[1] in ("True", "not installed")
