@@ -520,7 +520,13 @@ Reading these figures:
   A line every second (the "a line every 1000 ms" row) is within the share, and there the
   median is tens of milliseconds, not seconds.
 - Start-up CPU is mostly imports: the floor row is Python's own start, the phase breakdown
-  shows the rest. At nice 19 under load the wall time to `ready` is many times the CPU time,
+  shows the rest. This machine's interpreter runs the `import` lines of the `.pth` files in
+  its site-packages at every start (one of them, a sandbox's, imports certifi with
+  importlib.resources and pathlib): the floor rows with and without them show their cost,
+  and the "without the site .pth hooks" rows are the same starts made as `python3 -S -m
+  sidecar.cli` with site-packages on `PYTHONPATH` (same imports, no hooks). The difference
+  in the starts is smaller than in the floor because sidecar imports much of what the hooks
+  import anyway. At nice 19 under load the wall time to `ready` is many times the CPU time,
   during which nothing the job writes is acted on yet.
 
 ## Method

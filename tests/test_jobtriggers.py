@@ -197,6 +197,9 @@ def test_time_limit_fires_on_its_signal(tmp_path: Path, running: List[Running]) 
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+        # the engine ran in a worker thread, which cannot unset the main thread's wake-up
+        # fd (the daemon runs it in its main thread): do it here, before that fd is reused
+        signal.set_wakeup_fd(-1)
 
 
 # ---------------------------------------------------------------------------- memory
