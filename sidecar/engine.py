@@ -1574,7 +1574,13 @@ class Engine:
                 persisted = self._persist_firing(firing)
                 rt = self.runtimes[name]
                 try:
-                    self._journal.append(None, None, name, rt.trigger_count, "", persisted)
+                    self._journal.append(
+                        None, None, name, rt.trigger_count, "", persisted, replaces=key,
+                        start=nxt,
+                    )
+                    if persisted is None:  # not journaled again (too big): taken over all
+                        # the same, so that a successor of this sidecar does not run it too
+                        self._journal.mark("D", key)
                 except OSError:
                     pass
             self._start_chain(firing, nxt)

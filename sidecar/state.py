@@ -169,10 +169,16 @@ class Journal:
         triggers: int,
         head: str = "",
         firing: Optional[Tuple[str, Mapping[str, Any]]] = None,
+        replaces: Optional[str] = None,
+        start: int = 0,
     ) -> None:
         """One firing: its file position, its watcher's trigger count and, when given,
         ``firing`` = (key, the firing's fields) so that actions it has not started yet can
-        be run by a successor after a crash."""
+        be run by a successor after a crash. ``replaces``: the key of a predecessor's
+        pending firing this one takes over (its actions, run again under the new key): a
+        reader drops that one in the same step, so that a successor killed before it wrote
+        its state file is not followed by one that runs both. ``start``: the first action
+        not started yet (the ones before it started under the replaced key)."""
         self.seq += 1
         pos: List[Any] = (
             [res.dev, res.inode, res.offset, res.lineno, res.fired_through]
@@ -182,6 +188,8 @@ class Journal:
         item: List[Any] = [self.seq, path, *pos, watcher, triggers, head]
         if firing is not None:
             item += [firing[0], firing[1]]
+            if replaces is not None or start:
+                item += [replaces, int(start)]
         self._write(json.dumps(item, separators=(",", ":"), default=str))
 
     def mark(self, what: str, key: str, index: int = 0) -> None:
@@ -255,7 +263,10 @@ def apply_journal(data: Optional[Dict[str, Any]], path: str) -> Optional[Dict[st
             pend = data.get("pending")
             if not isinstance(pend, dict):
                 pend = data["pending"] = {}
-            pend[str(item[10])] = {"firing": item[11], "next": 0}
+            if len(item) > 12 and item[12]:
+                pend.pop(str(item[12]), None)  # taken over by this firing
+            start = int(item[13]) if len(item) > 13 and isinstance(item[13], int) else 0
+            pend[str(item[10])] = {"firing": item[11], "next": start}
         if fpath and (dev or ino):
             data.setdefault("files", {})[fpath] = {
                 "dev": dev,
