@@ -64,13 +64,13 @@ def test_many_quick_searches_are_not_cut_however_long_they_take_together() -> No
     t0 = _cpu()
     n = 0
     try:
-        while _cpu() - t0 < 0.2:  # ten limits' worth of CPU
-            for _ in range(200):
+        while _cpu() - t0 < 0.2:  # ten limits' worth of CPU, in searches of well under one
+            for _ in range(50):
                 assert b.search(pat, line) is not None
                 n += 1
     finally:
         b.done()
-    assert n > 1000
+    assert _cpu() - t0 >= 0.2 and n >= 50
 
 
 def test_no_limit_when_it_is_zero_or_off_the_main_thread() -> None:
