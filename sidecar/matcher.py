@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from functools import lru_cache
 from operator import itemgetter
 from typing import (
@@ -760,9 +761,14 @@ class _Compiled:
     def __init__(self, pattern: str, ignore_case: bool) -> None:
         self.pattern = pattern
         flags = _F_IGNORECASE if ignore_case else 0
-        # re.error (RecursionError, OverflowError on absurd input) goes to the caller
-        self.py: re.Pattern[str] = re.compile(pattern, flags)
-        tree = _sre_parse.parse(pattern, flags)
+        # re.error (RecursionError, OverflowError on absurd input) goes to the caller; the
+        # warnings Python's parser gives (FutureWarning "Possible nested set": a POSIX
+        # class such as [[:alpha:]]) are kept for `sidecar check`, never printed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.py: re.Pattern[str] = re.compile(pattern, flags)
+            tree = _sre_parse.parse(pattern, flags)
+        self.py_warnings: Tuple[str, ...] = tuple(sorted({str(w.message) for w in caught}))
         gflags = int(tree.state.flags)
         self.tree = tree
         self.gflags = gflags
@@ -1408,6 +1414,15 @@ def compile_check(trigger: RegexTrigger) -> Tuple[str, Optional[str]]:
             f"exact Unicode ones would need Python re, which {c.danger} could make take "
             "exponential time"
         )
+    for w in c.py_warnings:
+        hint = ""
+        if "nested set" in w and "[[:" in trigger.pattern:
+            hint = (
+                " - POSIX classes like [[:alpha:]] do not exist in Python's re, where "
+                "[[:alpha:]] is one of the characters [ : a l p h followed by a ]: write "
+                "[a-zA-Z], \\d, \\s or \\w instead"
+            )
+        msgs.append(f"Python's re warns: {w}{hint}")
     n_caps = len(trigger.captures)
     if n_caps > c.ngroups:
         extra = ", ".join(trigger.captures[c.ngroups :])

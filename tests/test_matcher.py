@@ -519,3 +519,23 @@ def test_wide_forms_are_exact_on_ascii() -> None:
             assert c.wide(M._UNANCHORED, line, pos, len(line)) == c.exact(
                 M._UNANCHORED, line, pos, len(line)
             )
+
+
+def test_check_turns_pythons_regex_warnings_into_a_message_and_prints_none() -> None:
+    """A POSIX class ([[:alpha:]]) makes Python's parser warn (FutureWarning): `sidecar
+    check` says so with what to write instead; nothing reaches stderr as a raw warning."""
+    import warnings
+
+    from sidecar.matcher import _compile
+
+    _compile.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine, msg = compile_check(RegexTrigger(pattern="x[[:alpha:]]+"))
+        hits = MultiMatcher([("k", RegexTrigger(pattern="x[[:alpha:]]+"))]).scan(
+            Chunk(path="p", data=b"xa]\nxz\n", offset=0, lineno=1)
+        )
+    assert caught == []
+    assert engine == "re2" and msg is not None
+    assert "Possible nested set" in msg and "POSIX classes" in msg and "[a-zA-Z]" in msg
+    assert [m.lineno for _k, m in hits] == [1]  # the pattern's Python meaning: 'x', 'a', ']'
