@@ -197,6 +197,7 @@ class Engine:
         self.throttles: Dict[str, Any] = {}  # watcher -> throttle.ThrottleState
         self.gatherers: Dict[Tuple[str, str], Any] = {}  # (watcher, file) -> RecordGatherer
         self._armed: Set[str] = set()  # watchers whose job triggers were set up once
+        self._end_search_budget: Any = None  # _end_budget()
         # firings whose actions must survive a crash (see _persist_firing)
         self._run_id = f"{os.getpid()}.{int(time.time() * 1000)}"
         self._payloads: Dict[int, Dict[str, Any]] = {}  # firing seq -> its fields
@@ -1226,7 +1227,7 @@ class Engine:
             self._record("error", file=st.path, message=f"matching failed: {exc!r}")
             return
         if st.matcher.timed_out:
-            self._regex_timed_out(st.matcher.timed_out, "line_regex")
+            self._regex_timed_out(st.matcher.take_timed_out(), "line_regex")
         for name, n in counted.items():
             self.counts["matches"] += n
             self.runtimes[name].refused(n)
@@ -2116,7 +2117,7 @@ class Engine:
             self._record("error", watcher=name, message=f"matching failed: {exc!r}")
             return
         if matcher.timed_out:
-            self._regex_timed_out(matcher.timed_out, "line_regex")
+            self._regex_timed_out(matcher.take_timed_out(), "line_regex")
         for n, m in hits:
             self.counts["matches"] += 1
             self._on_match(n, m, None)
@@ -2151,22 +2152,22 @@ class Engine:
         finally:
             self._end_budget().done()
         if g.timed_out:
-            self._regex_timed_out([(name, st.path, n) for n in g.timed_out], "multiline end")
-            g.timed_out.clear()
+            self._regex_timed_out(
+                [(name, st.path, n) for n in g.take_timed_out()], "multiline end"
+            )
         for rec in recs:
             self._on_match(name, rec.start, st, record=rec)
 
     def _end_budget(self) -> Any:
         """The CPU-time limit of the multi-line records' end regexes (one for all)."""
-        b = getattr(self, "_end_search_budget", None)
-        if b is None:
+        if self._end_search_budget is None:
             from sidecar.budget import SearchBudget
 
-            b = self._end_search_budget = SearchBudget(self.settings.regex_time_limit)
-        return b
+            self._end_search_budget = SearchBudget(self.settings.regex_time_limit)
+        return self._end_search_budget
 
-    def _regex_timed_out(self, found: List[Tuple[str, str, int]], what: str) -> None:
-        """Report (and clear) the lines a Python re search gave up on: one warning each."""
+    def _regex_timed_out(self, found: Sequence[Tuple[Any, str, int]], what: str) -> None:
+        """Report the lines a Python re search gave up on: one warning each."""
         limit = self.settings.regex_time_limit
         for name, path, lineno in found:
             probe = path.startswith("probe:")
@@ -2185,7 +2186,6 @@ class Engine:
                     "regex_time_limit"
                 ),
             )
-        del found[:]
 
     def _gathered(self, rec: Any, key: Tuple[str, str]) -> None:
         st = self.files.get(key[1])

@@ -32,8 +32,8 @@ from typing import Any, Optional
 
 class _Deferred(types.ModuleType):
     """Stands in for a module while another one is imported, and imports the real one the
-    first time one of its attributes is used (attributes set on it, such as ``coroutines``,
-    are its own)."""
+    first time one of its attributes is used (attributes set on it, such as
+    ``entry_points`` in ``skip_plugin_search``, are its own)."""
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):

@@ -1070,8 +1070,8 @@ class MultiMatcher:
 
     ``time_limit``: seconds of CPU time one Python ``re`` search (a rule RE2 cannot run, on
     one line) may take; 0 = no limit. A line that runs out of it does not match that rule and
-    is put in :attr:`timed_out` as (key, path, line number), for the caller to report and
-    clear.
+    is put in :attr:`timed_out` as (key, path, line number), which the caller takes with
+    :meth:`take_timed_out`.
     """
 
     def __init__(
@@ -1095,6 +1095,11 @@ class MultiMatcher:
         self._budget = SearchBudget(time_limit)
         #: (key, path, line number) of the lines a Python re search gave up on
         self.timed_out: List[Tuple[Hashable, str, int]] = []
+
+    def take_timed_out(self) -> List[Tuple[Hashable, str, int]]:
+        """:attr:`timed_out` since the last call (and forget it)."""
+        out, self.timed_out = self.timed_out, []
+        return out
 
     def engines(self) -> List[Tuple[Hashable, str]]:
         """(key, "re2" | "re") for each rule, in order."""

@@ -112,9 +112,14 @@ class RecordGatherer:
         self._chars = 0
         self._last_time = 0.0
         #: the end regex's CPU-time limit per line (the caller calls its ``done()``)
-        self._budget = budget
+        self._budget = budget if budget is not None else SearchBudget(0)
         #: numbers of the lines the end regex gave up on (taken as not ending the record)
         self.timed_out: List[int] = []
+
+    def take_timed_out(self) -> List[int]:
+        """The lines the end regex gave up on since the last call (and forget them)."""
+        out, self.timed_out = self.timed_out, []
+        return out
 
     # ------------------------------------------------------------------ state
     @property
@@ -189,14 +194,11 @@ class RecordGatherer:
         self._lines.append(self._keep(line))
         self._last = lineno
         self._last_time = now
-        if self._budget is None:
-            m = self._end.search(probe)
-        else:
-            try:
-                m = self._budget.search(self._end, probe)
-            except BudgetExceeded:
-                self.timed_out.append(lineno)
-                m = None
+        try:
+            m = self._budget.search(self._end, probe)
+        except BudgetExceeded:
+            self.timed_out.append(lineno)
+            m = None
         if m is not None:
             return self._close("end", m.groups())
         if self._full():

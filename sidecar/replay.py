@@ -79,9 +79,8 @@ def replay(
                     summary.bytes += len(ch.data)
                     summary.lines += ch.data.count(b"\n") + (0 if ch.data.endswith(b"\n") else 1)
                     hits = matcher.scan(ch)
-                    for key, p, no in matcher.timed_out:
+                    for key, p, no in matcher.take_timed_out():
                         summary.timed_out.append((str(key), p, no))
-                    del matcher.timed_out[:]
                     for name, m in hits:
                         w = by_name[str(name)]
                         summary.matches[w.name] = summary.matches.get(w.name, 0) + 1

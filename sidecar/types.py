@@ -169,21 +169,12 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        d = self.__dict__
         for name in RECORD_FIELDS:
-            v = d[name]
-            if v is None:
-                continue
-            # (isinstance against typing.Mapping runs typing's Python-level checks: ~10 us
-            # a call; the concrete types come first)
-            if type(v) in _SCALARS:
-                out[name] = v
-            else:
+            v = getattr(self, name)
+            if v is not None:
+                # (the ABC: isinstance against typing.Mapping runs typing's own checks)
                 out[name] = dict(v) if isinstance(v, _AbcMapping) else v
         return out
-
-
-_SCALARS = frozenset((str, int, float, bool))
 
 RECORD_FIELDS: Tuple[str, ...] = (
     "ts",

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -71,3 +74,19 @@ def running() -> Iterator[List[Running]]:
     for r in rs:
         if r.thread.is_alive():
             r.stop()
+
+
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def run_fresh(code: str, path: Optional[List[str]] = None) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE`` in a fresh interpreter (what it imports is the point), with the
+    repository and ``path`` alone on PYTHONPATH."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": os.pathsep.join([REPO_ROOT, *(path or [])]), "PATH": "/usr/bin:/bin"},
+    )

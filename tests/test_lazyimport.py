@@ -6,8 +6,6 @@ a fresh interpreter."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -16,8 +14,8 @@ from typing import Any, List, Optional
 import pytest
 
 from sidecar import lazyimport
+from tests.conftest import run_fresh as run
 
-ROOT = str(Path(__file__).resolve().parent.parent)
 CONFIG = (
     "[[regex_actions]]\nname = 'oom'\nfilepath_regex = 'log$'\nline_regex = 'OOM'\n"
     "cmd = 'true'\n"
@@ -28,17 +26,6 @@ LOAD = (
     f"cfg = C.load_config_text({CONFIG!r}, 'c.toml', check_dirs=False)\n"
     "assert [w.name for w in cfg.watchers] == ['oom']\n"
 )
-
-
-def run(code: str, path: Optional[List[str]] = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": os.pathsep.join([ROOT, *(path or [])]), "PATH": "/usr/bin:/bin"},
-    )
 
 
 def loaded(prefix: str) -> str:

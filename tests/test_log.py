@@ -5,22 +5,8 @@ interpreter, since the point is what gets imported."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
-    )
+from tests.conftest import run_fresh as run
 
 
 def test_first_diagnostic_loads_structlog_but_not_asyncio() -> None:
